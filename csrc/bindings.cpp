@@ -1,0 +1,20 @@
+// The only PYBIND11_MODULE of molm_fast._C: one def and docstring per entry, no logic.
+// Entries take raw data pointers (int), sizes and strides in elements; molm_fast/ops/<op>.py passes them.
+#include <pybind11/pybind11.h>
+
+#include "ops.h"
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "molm_fast CPU kernels (C++17, OpenMP); no libtorch dependency";
+  m.attr("__version__") = MOLM_FAST_VERSION;
+  m.attr("has_openmp") = static_cast<bool>(MOLM_FAST_HAS_OPENMP);
+  m.def("openmp_max_threads", &molm_fast::openmp_max_threads, "Threads an OpenMP parallel region will use (1 without OpenMP).");
+
+  m.def("pairwise_distance_forward_cpu", &molm_fast::pairwise_distance_forward_cpu,
+        "out[b,i,j] = |x[b,i]-x[b,j]| for coords [B,N,3] (float32/float64), out [B,N,N] same dtype.",
+        py::arg("coords"), py::arg("out"), py::arg("B"), py::arg("N"), py::arg("sxb"), py::arg("sxn"), py::arg("sxc"),
+        py::arg("sob"), py::arg("soi"), py::arg("soj"), py::arg("dtype"));
+}
+

@@ -1,0 +1,10 @@
+"""molm_fast's fused ops: one public function per op, dispatched to CUDA, Triton, C++ or the PyTorch reference.
+
+Every op is also a ``torch.library`` custom op (``torch.ops.molm_fast.<op>``), so ``torch.compile`` traces
+around it. ``use_backend`` forces a backend inside a block; ``MOLM_FAST_BACKEND`` forces one globally.
+"""
+
+from molm_fast.ops._backend import use_backend
+from molm_fast.ops.pairwise_distance import pairwise_distance, pairwise_distance_reference
+
+__all__ = ["use_backend", "pairwise_distance", "pairwise_distance_reference"]

@@ -1,0 +1,70 @@
+"""The tolerance table and the one parity assertion every test uses.
+
+Tolerances (never set per test, never loosened to pass):
+  float32:  max|out - ref| <= 1e-5 * max|ref|
+  bfloat16: max|out - ref| <= 1e-2 * max|ref|, ref in fp32 (the message also shows PyTorch's own bf16 error)
+  float16:  max|out - ref| <= 1e-3 * max|ref|, ref in fp32
+  float64:  gradcheck on the CPU paths (tests call torch.autograd.gradcheck directly)
+A NaN or inf where the reference is finite always fails; infinities must match the reference's exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import torch
+
+RUN_SEED = int(os.environ.get("MOLM_FAST_TEST_SEED", random.SystemRandom().randrange(2**31)))
+CURRENT_SEED = RUN_SEED
+
+TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10, torch.bfloat16: 1e-2, torch.float16: 1e-3}
+
+
+def assert_close_to_reference(out: torch.Tensor, ref: torch.Tensor, *, name: str = "output",
+                              dtype: torch.dtype | None = None, ref_lowp: torch.Tensor | None = None) -> None:
+    """Assert ``out`` matches ``ref`` within the tolerance of ``dtype`` (default: out.dtype).
+
+    ``ref`` should be computed in fp32 (or fp64) for low-precision ``out``; ``ref_lowp`` (the reference run in
+    the low precision) is only reported, as flash-attention's yardstick.
+    """
+    dtype = dtype or out.dtype
+    where = f"[{name}: shape {list(out.shape)}, dtype {dtype}, seed {CURRENT_SEED} (run {RUN_SEED})]"
+    assert out.shape == ref.shape, f"{where} shape {list(out.shape)} != reference {list(ref.shape)}"
+    o, r = out.detach().double().cpu(), ref.detach().double().cpu()
+    ref_finite = torch.isfinite(r)
+    bad = ~torch.isfinite(o) & ref_finite
+    assert not bad.any(), f"{where} {int(bad.sum())} non-finite values where the reference is finite, first at " \
+                          f"{tuple(bad.nonzero()[0].tolist())}"
+    inf_mismatch = ~ref_finite & (o != r) & ~(torch.isnan(o) & torch.isnan(r))
+    assert not inf_mismatch.any(), f"{where} {int(inf_mismatch.sum())} non-finite reference values not matched, " \
+                                   f"first at {tuple(inf_mismatch.nonzero()[0].tolist())}"
+    if not ref_finite.any():
+        return
+    err = (o - r).abs().where(ref_finite, 0.0)
+    scale = r.abs().where(ref_finite, 0.0).max().item()
+    tol = TOLERANCE[dtype] * max(scale, 1e-30)
+    max_err = err.max().item()
+    if max_err <= tol:
+        return
+    idx = tuple(torch.nonzero(err == max_err)[0].tolist())
+    n_bad = int((err > tol).sum())
+    extra = ""
+    if ref_lowp is not None:
+        lowp_err = (ref_lowp.double().cpu() - r).abs().max().item()
+        extra = f"; the reference's own {ref_lowp.dtype} error is {lowp_err:.3e}"
+    raise AssertionError(f"{where} max|out-ref| = {max_err:.3e} > {TOLERANCE[dtype]:g} * max|ref| ({scale:.3e}) "
+                         f"at {idx}: out {o[idx].item():.6g} vs ref {r[idx].item():.6g}; {n_bad} elements over{extra}")
+
+
+def backends_for(op: str, device: str = "cpu") -> list[str]:
+    """Every backend of ``op`` that can run on ``device`` here (the reference included)."""
+    import molm_fast.ops  # noqa: F401  registers the ops
+    from molm_fast.ops import _backend
+
+    dev = torch.device(device)
+    return [b for b in _backend.implemented(op) if _backend.unavailable_reason(b, dev) is None]
+
+
+def fast_backends_for(op: str, device: str = "cpu") -> list[str]:
+    return [b for b in backends_for(op, device) if b != "reference"]
