@@ -5,6 +5,13 @@ around it. ``use_backend`` forces a backend inside a block; ``MOLM_FAST_BACKEND`
 """
 
 from molm_fast.ops._backend import use_backend
+from molm_fast.ops.gaussian_pair_bias import gaussian_pair_bias, gaussian_pair_bias_reference
 from molm_fast.ops.pairwise_distance import pairwise_distance, pairwise_distance_reference
 
-__all__ = ["use_backend", "pairwise_distance", "pairwise_distance_reference"]
+__all__ = [
+    "use_backend",
+    "gaussian_pair_bias",
+    "gaussian_pair_bias_reference",
+    "pairwise_distance",
+    "pairwise_distance_reference",
+]

@@ -32,6 +32,7 @@ BACKENDS = ("cuda", "triton", "cpp", "reference")
 DEFAULT_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpp", "reference")}
 ORDER: dict[str, dict[str, tuple[str, ...]]] = {
     "pairwise_distance": {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpp", "reference")},
+    "gaussian_pair_bias": {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpp", "reference")},
 }
 
 # dtype codes understood by csrc/common.h::DType.
