@@ -18,6 +18,7 @@ setup: $(BIN)/python
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(FIND_LINKS) $(CONSTRAINTS) torch==2.13.0 scikit-build-core pybind11
 	$(PIP) install -q $(FIND_LINKS) $(CONSTRAINTS) --no-build-isolation -e ".[test,triton,data,metrics,bench]"
+	$(PIP) install -q $(CONSTRAINTS) --no-deps unimol-tools==0.1.6  # Uni-Mol parity tests only (see pyproject)
 	$(BIN)/python -c "import molm_fast, json; print(json.dumps(molm_fast.build_info()))"
 
 demo: setup

@@ -1,0 +1,169 @@
+"""Uni-Mol molecular encoder (spec 3d-molm.md §1.2), on ``molm_fast.ops``.
+
+Follows dptech-corp/Uni-Mol ``unimol/models/unimol.py`` + ``transformer_encoder_with_pair.py`` and
+Uni-Core's ``SelfMultiheadAttention``: attribute names are the checkpoint keys of ``mol_pre_no_h_220816.pt['model']``
+(``embed_tokens``, ``gbf.*``, ``gbf_proj.*``, ``encoder.emb_layer_norm``, ``encoder.layers.N.self_attn.in_proj``, ...,
+``encoder.final_layer_norm``), so that file loads with ``load_state_dict`` (``checkpoint.load_unimol`` reports its
+unused heads). The upstream quirks kept on purpose:
+  - layer-0 bias = gbf_proj(Gaussian(mul[e]*d + bias[e])) with pi = 3.14159 and |std| + 1e-5 in fp32, distance and
+    edge type 0 for every pair touching a pad, -inf on pad KEY columns once (``ops.gaussian_pair_bias``);
+  - every layer's pre-softmax logits (q scaled first, plus the incoming bias) are the next layer's bias
+    (``ops.pair_bias_attention`` returns them);
+  - pad rows are zeroed once after the embedding LayerNorm and never masked again, so every pad position of a molecule
+    ends up holding one identical "pad readout" vector, which the upstream Q-Former mask reads (§1.3);
+  - ``encoder.final_layer_norm`` on the atom states; no ``final_head_layer_norm``.
+Dropouts follow ``self.training`` like upstream; 3D-MoLM keeps this module in eval mode (``MoLM`` enforces it).
+Layers take ``**attn_kwargs`` that go straight to the attention op, so a packed (``cu_seqlens``) forward only needs
+a different entry point; projections are plain ``nn.Linear`` modules that a low-rank path can swap.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from molm_fast import ops
+from molm_fast.models.config import UniMolConfig
+
+
+class GaussianLayer(nn.Module):
+    """Parameters of the Gaussian basis (``gbf.*``); the math lives in ``ops.gaussian_pair_bias``."""
+
+    def __init__(self, num_kernels: int, num_edge_types: int) -> None:
+        super().__init__()
+        self.means = nn.Embedding(1, num_kernels)  # [1, K]
+        self.stds = nn.Embedding(1, num_kernels)  # [1, K]
+        self.mul = nn.Embedding(num_edge_types, 1)  # [num_types**2, 1]
+        self.bias = nn.Embedding(num_edge_types, 1)
+        nn.init.uniform_(self.means.weight, 0, 3)
+        nn.init.uniform_(self.stds.weight, 0, 3)
+        nn.init.constant_(self.mul.weight, 1)
+        nn.init.constant_(self.bias.weight, 0)
+
+
+class NonLinearHead(nn.Module):
+    """``gbf_proj``: Linear(K, K) -> exact GELU -> Linear(K, H)."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(in_dim, in_dim)
+        self.linear2 = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear2(F.gelu(self.linear1(x)))
+
+
+class SelfMultiheadAttention(nn.Module):
+    """Uni-Core self-attention with a per-head additive pair bias; returns (out, pre-softmax logits)."""
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = dropout
+        self.in_proj = nn.Linear(embed_dim, 3 * embed_dim)  # rows q | k | v
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, **attn_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        # x: [B, N, C] (padded) or [T, C] (packed, with cu_seqlens in attn_kwargs)
+        qkv = self.in_proj(x).unflatten(-1, (3, self.num_heads, self.head_dim))  # [B, N, 3, H, D]
+        q, k, v = qkv.unbind(-3)  # each [B, N, H, D]
+        packed = x.dim() == 2
+        if not packed:
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, N, D] views
+        out, logits = ops.pair_bias_attention(q, k, v, bias, scale=self.scaling,
+                                          dropout_p=self.dropout if self.training else 0.0, **attn_kwargs)
+        if not packed:
+            out = out.transpose(1, 2)  # [B, N, H, D]
+        return self.out_proj(out.flatten(-2)), logits  # [B, N, C], logits like bias
+
+
+class TransformerEncoderLayer(nn.Module):
+    """Pre-LN layer: x + attn(LN(x)), then x + fc2(gelu(fc1(LN(x))))."""
+
+    def __init__(self, cfg: UniMolConfig) -> None:
+        super().__init__()
+        self.dropout = cfg.dropout
+        self.activation_dropout = cfg.activation_dropout
+        self.self_attn = SelfMultiheadAttention(cfg.embed_dim, cfg.num_heads, cfg.attention_dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
+        self.fc1 = nn.Linear(cfg.embed_dim, cfg.ffn_dim)
+        self.fc2 = nn.Linear(cfg.ffn_dim, cfg.embed_dim)
+        self.final_layer_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, **attn_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        h, logits = self.self_attn(self.self_attn_layer_norm(x), bias, **attn_kwargs)
+        x = x + F.dropout(h, self.dropout, self.training)
+        h = F.gelu(self.fc1(self.final_layer_norm(x)))
+        h = self.fc2(F.dropout(h, self.activation_dropout, self.training))
+        x = x + F.dropout(h, self.dropout, self.training)
+        return x, logits  # the logits are the next layer's bias
+
+
+class TransformerEncoderWithPair(nn.Module):
+    """``encoder.*``: embedding LN, the layer stack chaining the pair bias, final LN on the atom states."""
+
+    def __init__(self, cfg: UniMolConfig) -> None:
+        super().__init__()
+        self.emb_dropout = cfg.emb_dropout
+        self.emb_layer_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
+        self.final_layer_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
+        self.layers = nn.ModuleList(TransformerEncoderLayer(cfg) for _ in range(cfg.num_layers))
+
+    def forward(self, emb: torch.Tensor, bias: torch.Tensor, padding_mask: torch.Tensor | None,
+                **attn_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        x = F.dropout(self.emb_layer_norm(emb), self.emb_dropout, self.training)
+        if padding_mask is not None:
+            x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))  # zero pad rows once (upstream)
+        for layer in self.layers:
+            x, bias = layer(x, bias, **attn_kwargs)
+        return self.final_layer_norm(x), bias
+
+
+class UniMolEncoder(nn.Module):
+    """Uni-Mol encoder. ``UniMolEncoder()`` is the paper-sized one (47,330,626 parameters).
+
+    forward(tokens [B, N] int64, coords [B, N, 3] float, return_pair=False) ->
+      (atom states [B, N, C] after ``encoder.final_layer_norm``, padding mask [B, N] bool True = pad, or None when
+       no position of the batch is a pad, as upstream) [+ pair representation [B, N, N, H] when ``return_pair``:
+       the last layer's logits with -inf -> 0, as Uni-Mol's ``encoder_pair_rep``].
+    Distances and edge types are computed inside (``ops.gaussian_pair_bias``) from coordinates with
+    [CLS]/[SEP] at the origin and pads anywhere (they never reach the math).
+    """
+
+    def __init__(self, config: UniMolConfig | None = None) -> None:
+        super().__init__()
+        cfg = config or UniMolConfig()
+        self.config = cfg
+        self.padding_idx = cfg.pad_idx
+        self.embed_tokens = nn.Embedding(cfg.num_types, cfg.embed_dim, padding_idx=cfg.pad_idx)
+        self.encoder = TransformerEncoderWithPair(cfg)
+        self.gbf_proj = NonLinearHead(cfg.num_kernels, cfg.num_heads)
+        self.gbf = GaussianLayer(cfg.num_kernels, cfg.num_types * cfg.num_types)
+
+    def pair_bias(self, coords: torch.Tensor, tokens: torch.Tensor, **attn_kwargs) -> torch.Tensor:
+        """Layer-0 bias [B, H, N, N] (or packed) in the parameters' dtype, -inf on pad key columns."""
+        g, p = self.gbf, self.gbf_proj
+        return ops.gaussian_pair_bias(coords, tokens, g.mul.weight, g.bias.weight, g.means.weight, g.stds.weight,
+                                  p.linear1.weight, p.linear1.bias, p.linear2.weight, p.linear2.bias,
+                                  num_types=self.config.num_types, pad_idx=self.padding_idx, **attn_kwargs)
+
+    def forward(self, tokens: torch.Tensor, coords: torch.Tensor, return_pair: bool = False):
+        if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"UniMolEncoder: tokens must be [B, N] int64, got {list(tokens.shape)} {tokens.dtype}")
+        if coords.shape != (*tokens.shape, 3):
+            raise ValueError(f"UniMolEncoder: coords must be [B, N, 3] = {[*tokens.shape, 3]}, "
+                             f"got {list(coords.shape)}")
+        tokens = tokens.long()
+        padding_mask = tokens.eq(self.padding_idx)  # [B, N] True = pad
+        if not padding_mask.any():
+            padding_mask = None
+        x = self.embed_tokens(tokens)  # [B, N, C]
+        bias = self.pair_bias(coords, tokens)  # [B, H, N, N]
+        x, logits = self.encoder(x, bias, padding_mask)
+        if not return_pair:
+            return x, padding_mask
+        pair = logits.permute(0, 2, 3, 1)  # [B, N, N, H]
+        return x, padding_mask, pair.masked_fill(pair == float("-inf"), 0.0)
