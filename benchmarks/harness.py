@@ -29,10 +29,16 @@ API (all in this module):
   and appends a record (``fn`` returning normally is all that is checked). ``r.skip(case, provider, reason)``
   records a provider that could not run (never silently dropped). ``r.rotated(make)`` calls ``make()`` often
   enough that the rotated input sets exceed the last-level cache. ``r.write()`` computes ratios, prints
-  the table and writes ``benchmarks/results/<date>_<suite>_<device>_<commit>.json``.
-* ``Case(op, shapes, dtype, size_mix, units, flops, bytes, pass_="forward")``: what is measured. ``units``
-  counts USEFUL work only (real atoms / molecules / tokens, never padded ones); its first key is the
-  headline unit. ``flops``/``bytes`` may be None when not meaningful.
+  the table and writes ``benchmarks/results/<date>_<suite>_<device>_<commit>.json``. ``r.time_left()``: seconds
+  before the suite's deadline (``run.py`` sets one; measurements past it are recorded as skipped).
+* ``Case(op, shapes, dtype, size_mix, units, flops, bytes, pass_="forward", headline=False)``: what is
+  measured. ``units`` counts USEFUL work only (real atoms / molecules / tokens, never padded ones); its first
+  key is the headline unit. ``flops``/``bytes`` are the work the op does at that (padded) shape, None when not
+  meaningful. ``headline=True`` puts the case in the README table (report.py). The reference provider must be
+  named ``"reference"`` (eager ``<op>_reference`` / the model under ``use_backend("reference")``): speedups are
+  ``reference median / provider median`` of the same case in the same run. Anchor names: ``reference_compiled``,
+  ``sdpa_composite[efficient]``, ``unimol_tools``, ``hf_blip2_qformer``, ``hf_generate``, ``hf_peft`` ...;
+  molm_fast providers are ``molm_fast:<backend>`` (or ``molm_fast`` for a whole model).
 * ``with_grad(fn, wrt)``: a callable that runs ``fn`` forward and ``torch.autograd.grad`` back to the
   argument positions ``wrt`` (time it with ``pass_="forward+backward"``).
 * ``with_backend(fn, backend)``: ``fn`` under ``molm_fast.ops.use_backend(backend)``.
@@ -102,6 +108,7 @@ class Case:
     flops: float | None = None
     bytes: float | None = None
     pass_: str = "forward"
+    headline: bool = False  # report.py puts headline cases in the README table
 
     def key(self) -> str:
         shape = ",".join(f"{k}={v}" for k, v in self.shapes.items())
@@ -131,6 +138,14 @@ def _cpu() -> dict[str, Any]:
             "machine": platform.machine()}
 
 
+def _loadavg() -> list[float] | None:
+    """The machine's load: CPU timings on a shared machine are only as good as this is low."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 @functools.cache
 def environment() -> dict[str, Any]:
     import molm_fast
@@ -152,7 +167,7 @@ def environment() -> dict[str, Any]:
         "build_info": molm_fast.build_info(),
         "git_commit": commit, "git_dirty": None if status is None else bool(status),
         "git_dirty_files": None if status is None else len(status.splitlines()),
-        "cpu": _cpu(), "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",
+        "cpu": _cpu(), "loadavg_1m_5m_15m": _loadavg(), "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",
         "env": {k: v for k, v in os.environ.items() if k.startswith(("MOLM_FAST_", "OMP_", "CUDA_VISIBLE"))},
     }
     if torch.cuda.is_available():
@@ -325,6 +340,8 @@ class Run:
     quick: bool = False
     reference: str = "reference"
     records: list[dict[str, Any]] = field(default_factory=list)
+    deadline: float | None = None  # time.time() after which measure() records "skipped: time budget"
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. run.py's gpu_build / gpu_tests outcomes
 
     def __post_init__(self) -> None:
         if self.device is None:
@@ -344,12 +361,18 @@ class Run:
 
     def _base(self, case: Case, provider: str) -> dict[str, Any]:
         return {"op": case.op, "provider": provider, "pass": case.pass_, "shapes": case.shapes,
-                "dtype": case.dtype, "size_mix": case.size_mix, "case": case.key(), "units": case.units,
-                "flops": case.flops, "bytes": case.bytes}
+                "dtype": case.dtype, "size_mix": case.size_mix, "case": case.key(), "headline": case.headline,
+                "units": case.units, "flops": case.flops, "bytes": case.bytes}
+
+    def time_left(self) -> float:
+        """Seconds before the deadline (inf without one): bench files may shrink their grid on it."""
+        return math.inf if self.deadline is None else self.deadline - time.time()
 
     def measure(self, case: Case, provider: str, fn: Callable, inputs: Sequence[tuple], *,
                 warmup: int = MIN_WARMUP, iters: int = MIN_ITERS, notes: str | None = None) -> dict[str, Any]:
         """Time ``fn`` on ``inputs`` for ``case``; a provider that raises is recorded as skipped with the error."""
+        if self.time_left() <= 0:
+            return self.skip(case, provider, "time budget of the suite used up before this measurement")
         try:
             t = time_fn(fn, inputs, self.device, warmup=warmup, iters=iters)
         except Exception as exc:  # recorded, never dropped: the table shows why a provider is missing
@@ -388,8 +411,9 @@ class Run:
             r["speedup_vs_reference"] = base["median_ms"] / r["median_ms"] if ok else None
         return {"schema": 1, "suite": self.suite, "quick": self.quick, "device": str(self.device),
                 "started": _dt.datetime.fromtimestamp(self.started, _dt.timezone.utc).isoformat(timespec="seconds"),
-                "wall_s": round(time.time() - self.started, 2), "peaks": peaks(self.device),
-                "environment": environment(), "records": self.records}
+                "wall_s": round(time.time() - self.started, 2), "loadavg_at_end": _loadavg(),
+                "peaks": peaks(self.device),
+                "environment": environment(), **self.extra, "records": self.records}
 
     def write(self, directory: Path = RESULTS) -> Path:
         doc = self.finalize()
