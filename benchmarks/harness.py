@@ -45,7 +45,9 @@ API (all in this module):
 * ``molm_backends(op, device)``: the molm_fast backends implemented for ``op`` that can run on ``device``
   (Triton on the CPU only under ``TRITON_INTERPRET=1``, never timed: the interpreter is not a speed).
 * ``size_mix(name)`` / ``sample_sizes(name, B, seed)`` / ``padded_coords(ns, ...)``: real heavy-atom
-  counts from ``benchmarks/data/sizes_<name>.json`` (N = atoms + 2, cropped at 256 atoms as 3D-MoLM does).
+  counts from ``benchmarks/data/sizes_<name>.json`` (N = atoms + 2, cropped at 256 atoms as 3D-MoLM does);
+  names: pubchem324k, chebi20, pcdes. ``cached_conformers()``: 360 real RDKit conformers (atomic numbers +
+  coordinates) of PubChem324k molecules, for benchmarks that want real geometry without RDKit.
 * ``environment()``: device, driver, CUDA, torch, Triton, molm_fast version + build_info, git commit +
   dirty flag, CPU model + flags, threads, date.
 
@@ -225,6 +227,20 @@ def sample_sizes(name: str, B: int, seed: int = 0) -> list[int]:
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(len(atoms), (B,), generator=g).tolist()
     return [min(atoms[i], CROP_ATOMS) + 2 for i in idx]
+
+
+@functools.cache
+def cached_conformers(name: str = "pubchem324k") -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """Real RDKit conformers (heavy atoms) of a seeded sample: ((atomic_numbers [n] int64, coords [n, 3] fp32), ...).
+
+    From benchmarks/data/conformers_<name>.npz (make_conformers.py). Molecules that failed to embed are missing,
+    so the sample leans small: take SIZES from ``size_mix`` and real geometry from here.
+    """
+    import numpy as np
+
+    with np.load(DATA / f"conformers_{name}.npz") as d:
+        z, xyz, off = torch.from_numpy(d["atomic_numbers"]).long(), torch.from_numpy(d["coords"]), d["offsets"]
+    return tuple((z[a:b], xyz[a:b]) for a, b in zip(off[:-1].tolist(), off[1:].tolist()))
 
 
 def padded_coords(ns: Sequence[int], device: torch.device, dtype: torch.dtype = torch.float32,

@@ -3,8 +3,9 @@
 Run once where RDKit is installed (the GPU image has none): ``python benchmarks/data/make_conformers.py``.
 Molecules: a seeded random sample (seed 0) of PubChem324k test+valid; RDKit ETKDGv3 (seed 42) + MMFF
 (200 iterations), hydrogens removed afterwards, as performance.md §9.3 asks. Molecules that fail to embed are
-skipped and counted. Arrays: ``atomic_numbers`` uint8 [T], ``coords`` float32 [T, 3] (Angstrom, centred),
-``offsets`` int64 [M + 1] (molecule m is rows offsets[m]:offsets[m+1]), ``cids`` int64 [M].
+skipped and counted (24 of 384, mostly large ones, so the sample leans small). Arrays: ``atomic_numbers``
+uint8 [T], ``coords`` float32 [T, 3] (Angstrom, centred), ``offsets`` int64 [M + 1] (molecule m is rows
+offsets[m]:offsets[m+1]), ``cids`` int64 [M].
 """
 
 from __future__ import annotations
