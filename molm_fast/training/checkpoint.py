@@ -122,9 +122,14 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     return path if (path / STATE_NAME).exists() else None
 
 
+def load_file_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The trainable weights stored in checkpoint folder ``path``."""
+    return load_file(str(Path(path) / WEIGHTS_NAME))
+
+
 def load_trainable_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
     """Copy a checkpoint's trainable weights into ``model``; every trainable parameter must be present."""
-    weights = load_file(str(Path(path) / WEIGHTS_NAME))
+    weights = load_file_weights(path)
     params = {clean_name(n): p for n, p in model.named_parameters() if p.requires_grad}
     missing = sorted(set(params) - set(weights))
     unexpected = sorted(set(weights) - set(params))

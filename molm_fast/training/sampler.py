@@ -12,7 +12,7 @@ No sampler touches the global RNG, so data order never shifts model randomness (
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -72,21 +72,3 @@ class MixtureBatchSampler:
         source = torch.multinomial(self.probs, self.batch_size, replacement=True, generator=g)  # [B]
         item = (torch.rand(self.batch_size, generator=g, dtype=torch.float64) * self.sizes[source]).long()  # [B]
         return (self.offsets[source] + item).tolist()
-
-
-class BatchStream:
-    """Iterable of batches k = start, start+1, ... (use as a DataLoader ``batch_sampler``)."""
-
-    def __init__(self, sampler: EpochBatchSampler | MixtureBatchSampler, start: int = 0, stop: int | None = None):
-        self.sampler, self.start, self.stop = sampler, start, stop
-
-    def __iter__(self) -> Iterator[list[int]]:
-        k = self.start
-        while self.stop is None or k < self.stop:
-            yield self.sampler.batch(k)
-            k += 1
-
-    def __len__(self) -> int:
-        if self.stop is None:
-            raise TypeError("BatchStream: an open-ended stream has no length")
-        return max(0, self.stop - self.start)
