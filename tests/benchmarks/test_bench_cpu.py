@@ -1,0 +1,41 @@
+"""pytest-benchmark over the CPU paths at tiny sizes (CI): every provider runs and matches the reference.
+
+Speed is recorded by pytest-benchmark, never asserted. The suite runner is exercised end to end on a tiny grid.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import bench_pairwise_distance, harness, run
+from molm_fast.ops import pairwise_distance_reference
+from tests.utils import assert_close_to_reference
+
+PROVIDERS = sorted(bench_pairwise_distance._providers(torch.device("cpu")))
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_pairwise_distance_providers(benchmark, provider):
+    coords = torch.randn(3, 9, 3)
+    fn = bench_pairwise_distance._providers(torch.device("cpu"))[provider]
+    out = benchmark.pedantic(fn, args=(coords,), rounds=3, iterations=1, warmup_rounds=1)
+    assert_close_to_reference(out, pairwise_distance_reference(coords), name=provider)
+
+
+def test_cpu_suite_runs_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_pairwise_distance, "GRID_QUICK", [(2, 5)])
+    monkeypatch.setattr(bench_pairwise_distance, "MIX_BATCHES_QUICK", (3,))
+    assert run.discover(None)[0] == "pairwise_distance"
+    assert run.main(["--suite", "cpu", "--quick", "--only", "pairwise_distance", "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("*_cpu_*.json")
+    doc = json.loads(path.read_text())
+    recs = doc["records"]
+    assert {r["provider"] for r in recs} == set(PROVIDERS)
+    assert not [r for r in recs if "skipped" in r], [r["skipped"] for r in recs if "skipped" in r]
+    ns = harness.sample_sizes("pubchem324k", 3, seed=0)
+    mix = [r for r in recs if r["size_mix"] == "pubchem324k"]
+    assert len(mix) == len(PROVIDERS)
+    assert all(r["units"]["atoms"] == sum(ns) and r["shapes"] == {"B": 3, "N": max(ns)} for r in mix)
