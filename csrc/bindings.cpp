@@ -12,6 +12,14 @@ PYBIND11_MODULE(_C, m) {
   m.attr("has_openmp") = static_cast<bool>(MOLM_FAST_HAS_OPENMP);
   m.def("openmp_max_threads", &molm_fast::openmp_max_threads, "Threads an OpenMP parallel region will use (1 without OpenMP).");
 
+  m.def("gaussian_pair_bias_forward_cpu", &molm_fast::gaussian_pair_bias_forward_cpu,
+        "Fused Uni-Mol pair bias: (coords [T,3], tokens [T] int64, cu_seqlens [B+1] int32 or 0, cu_pairs [B+1] int64 "
+        "or 0, mul, bias, means, stds, w1, b1, w2, b2 (contiguous, compute dtype), out, B, N, T, K, C, H, num_types, "
+        "pad_idx, dtype, out_dtype); out is [B,H,N,N] padded or the packed pair tensor.");
+  m.def("gaussian_pair_bias_backward_cpu", &molm_fast::gaussian_pair_bias_backward_cpu,
+        "Backward of gaussian_pair_bias_forward_cpu: (grad, the forward's inputs, d_coords, d_mul, d_bias, d_means, "
+        "d_stds, d_w1, d_b1, d_w2, d_b2, B, N, T, K, C, H, num_types, pad_idx, dtype); everything in the compute dtype.");
+
   m.def("pairwise_distance_forward_cpu", &molm_fast::pairwise_distance_forward_cpu,
         "out[b,i,j] = |x[b,i]-x[b,j]| for coords [B,N,3] (float32/float64), out [B,N,N] same dtype.",
         py::arg("coords"), py::arg("out"), py::arg("B"), py::arg("N"), py::arg("sxb"), py::arg("sxn"), py::arg("sxc"),

@@ -7,6 +7,20 @@ namespace molm_fast {
 // runtime_cpu.cpp
 int openmp_max_threads();
 
+// gaussian_pair_bias_cpu.cpp
+void gaussian_pair_bias_forward_cpu(uintptr_t coords, uintptr_t tokens, uintptr_t cu_seqlens, uintptr_t cu_pairs,
+                                    uintptr_t mul, uintptr_t bias, uintptr_t means, uintptr_t stds, uintptr_t w1,
+                                    uintptr_t b1, uintptr_t w2, uintptr_t b2, uintptr_t out, int64_t B, int64_t N,
+                                    int64_t T, int64_t K, int64_t C, int64_t H, int64_t num_types, int64_t pad_idx,
+                                    int dtype, int out_dtype);
+void gaussian_pair_bias_backward_cpu(uintptr_t grad, uintptr_t coords, uintptr_t tokens, uintptr_t cu_seqlens,
+                                     uintptr_t cu_pairs, uintptr_t mul, uintptr_t bias, uintptr_t means,
+                                     uintptr_t stds, uintptr_t w1, uintptr_t b1, uintptr_t w2, uintptr_t b2,
+                                     uintptr_t d_coords, uintptr_t d_mul, uintptr_t d_bias, uintptr_t d_means,
+                                     uintptr_t d_stds, uintptr_t d_w1, uintptr_t d_b1, uintptr_t d_w2, uintptr_t d_b2,
+                                     int64_t B, int64_t N, int64_t T, int64_t K, int64_t C, int64_t H,
+                                     int64_t num_types, int64_t pad_idx, int dtype);
+
 // pairwise_distance_cpu.cpp
 void pairwise_distance_forward_cpu(uintptr_t coords, uintptr_t out, int64_t B, int64_t N, int64_t sxb, int64_t sxn,
                                    int64_t sxc, int64_t sob, int64_t soi, int64_t soj, int dtype);

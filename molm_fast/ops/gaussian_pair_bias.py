@@ -123,8 +123,52 @@ def _backward_reference(grad, coords, tokens, params, cu_seqlens, max_seqlen, nu
     return [d_coords, *grads]
 
 
-_FORWARD = {"reference": _forward_reference}
-_BACKWARD = {"reference": _backward_reference}
+def _flat(coords, tokens, params, cu_seqlens):
+    """Inputs as the native kernels take them: coords [T, 3] and parameters contiguous in the compute dtype
+    (fp64 for fp64 parameters, else fp32), tokens [T] int64, the packed offsets, and the output's length."""
+    compute = torch.float64 if params[4].dtype == torch.float64 else torch.float32
+    xyz = coords.reshape(-1, 3).to(compute).contiguous()  # [T, 3]
+    flat = [p.to(compute).contiguous() for p in params]
+    H = params[6].shape[0]
+    if cu_seqlens is None:
+        B, N = coords.shape[:2]
+        return compute, xyz, tokens.reshape(-1).contiguous(), flat, None, None, B, N, (B, H, N, N)
+    pairs, cu_pairs = _packed_sizes(cu_seqlens)
+    return compute, xyz, tokens.contiguous(), flat, cu_seqlens.contiguous(), cu_pairs, cu_seqlens.numel() - 1, 0, \
+        (H * pairs,)
+
+
+def _sizes(params):
+    """K, C, H of the Gaussian basis and gbf_proj."""
+    return params[4].shape[1], params[4].shape[0], params[6].shape[0]
+
+
+def _ptr(t):
+    return 0 if t is None else t.data_ptr()
+
+
+def _forward_cpp(coords, tokens, params, cu_seqlens, max_seqlen, num_types, pad_idx):
+    compute, xyz, tok, flat, cu, cu_pairs, B, N, shape = _flat(coords, tokens, params, cu_seqlens)
+    dtype = params[4].dtype
+    out = torch.empty(shape, dtype=dtype if dtype in (compute, torch.bfloat16) else compute)
+    _backend.load_module("cpp").gaussian_pair_bias_forward_cpu(
+        xyz.data_ptr(), tok.data_ptr(), _ptr(cu), _ptr(cu_pairs), *(p.data_ptr() for p in flat), out.data_ptr(),
+        B, N, tok.numel(), *_sizes(params), num_types, pad_idx, _backend.DTYPE_CODES[compute], _backend.dtype_code(out))
+    return out.to(dtype)
+
+
+def _backward_cpp(grad, coords, tokens, params, cu_seqlens, max_seqlen, num_types, pad_idx):
+    compute, xyz, tok, flat, cu, cu_pairs, B, N, _ = _flat(coords, tokens, params, cu_seqlens)
+    grads = [torch.empty_like(t) for t in (xyz, *flat)]
+    _backend.load_module("cpp").gaussian_pair_bias_backward_cpu(
+        grad.to(compute).contiguous().data_ptr(), xyz.data_ptr(), tok.data_ptr(), _ptr(cu), _ptr(cu_pairs),
+        *(p.data_ptr() for p in flat), *(g.data_ptr() for g in grads), B, N, tok.numel(), *_sizes(params), num_types,
+        pad_idx, _backend.DTYPE_CODES[compute])
+    return [grads[0].view_as(coords), *grads[1:]]
+
+
+_FORWARD = {"reference": _forward_reference, "cpp": _forward_cpp}
+_BACKWARD = {"reference": _backward_reference, "cpp": _backward_cpp}
 _backend.register(OP, _FORWARD)
 
 
