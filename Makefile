@@ -36,5 +36,12 @@ test: setup
 bench-cpu: setup
 	$(BIN)/python -m benchmarks.run --suite cpu
 
+# On the GPU machine (no venv, no network, no RDKit): its python3 builds molm_fast for sm_90, runs pytest -m gpu and
+# the GPU benchmarks in <= 6 min. Set MOLM_FAST_GIT_COMMIT there (no .git); BENCH_OUT=$$OUT brings the JSON back.
+GPU_PY ?= python3
+BENCH_OUT ?= benchmarks/results
+bench-gpu:
+	$(GPU_PY) -m benchmarks.run --suite gpu --out $(BENCH_OUT)
+
 clean:
 	rm -rf build dist $(VENV)

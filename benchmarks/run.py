@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import re
 import subprocess
@@ -58,8 +59,9 @@ def build_gpu(timeout: float, out: Path) -> dict:
 
 
 def gpu_tests(timeout: float, out: Path) -> dict:
-    res = _sh([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"],
-              timeout, out / "gpu_tests.log")
+    # --continue-on-collection-errors: test modules that need RDKit (absent on the GPU image) must not stop the rest.
+    res = _sh([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
+               "--continue-on-collection-errors", "tests"], timeout, out / "gpu_tests.log")
     counts = dict((k, int(v)) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error|errors|deselected)",
                                                       res["tail"]))
     return res | {"counts": counts}
@@ -74,16 +76,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, default=None, help="whole-suite time budget (gpu default 360)")
     p.add_argument("--no-build", action="store_true", help="gpu: skip the build step")
     p.add_argument("--no-tests", action="store_true", help="gpu: skip pytest -m gpu")
+    p.add_argument("--extra", default=None, help=argparse.SUPPRESS)  # build/test outcomes from the first stage
+    p.add_argument("--start", type=float, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    start, out = time.time(), Path(args.out)
+    start, out = args.start or time.time(), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     budget = args.budget_s or (360.0 if args.suite == "gpu" else 3600.0)
-    extra: dict = {}
-    if args.suite == "gpu":
+    extra: dict = json.loads(Path(args.extra).read_text()) if args.extra else {}
+    if args.suite == "gpu" and not (args.no_build and args.no_tests):
         if not args.no_build:
             extra["gpu_build"] = build_gpu(0.45 * budget, out)
         if not args.no_tests:
             extra["gpu_tests"] = gpu_tests(start + 0.7 * budget - time.time(), out)
+        # A fresh interpreter measures: the editable install's finder (and the new _C_cuda) load at start-up.
+        (out / "gpu_build_tests.json").write_text(json.dumps(extra, indent=1))
+        cmd = [sys.executable, "-m", "benchmarks.run", "--suite", "gpu", "--out", str(out), "--no-build", "--no-tests",
+               "--extra", str(out / "gpu_build_tests.json"), "--start", str(start), "--budget-s", str(budget)]
+        cmd += (["--quick"] if args.quick else []) + (["--only", args.only] if args.only else [])
+        return subprocess.run(cmd, cwd=ROOT).returncode
 
     import torch  # only now: the build above must come before molm_fast is imported
 
