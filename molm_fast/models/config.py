@@ -49,15 +49,16 @@ class QFormerConfig:
     encoder_width: int = 512  # Uni-Mol embed dim
     num_query_tokens: int = 8
     vocab_size: int = 31091  # SciBERT 31090 + [DEC]
+    dec_token_id: int = 31090  # [DEC], the captioning decoder's BOS (stage 1)
     max_position_embeddings: int = 512
-    type_vocab_size: int = 2
     pad_token_id: int = 0
     layer_norm_eps: float = 1e-12
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
     initializer_range: float = 0.02
     embed_dim: int = 256  # graph_proj / text_proj width (stage 1)
-    text_side: bool = True  # stage 1 keeps word/position embeddings, text FFN and LM head; stages 2/3 prune them
+    text_side: bool = False  # stage 1: word/position embeddings, text FFN, LM head, graph/text_proj, gtm_head
+    llm_dim: int | None = 4096  # llm_proj output width (stages 2/3); None = no llm_proj
     corrected_mask: bool = False  # False = upstream inverted encoder mask (§1.3), the released weights' semantics
     bert_dir: str | None = None
 
@@ -94,6 +95,11 @@ class MoLMConfig:
     qformer: QFormerConfig = field(default_factory=QFormerConfig)
     llm: LLMConfig | None = field(default_factory=LLMConfig)  # None: stage-1 model (no LLM)
 
+    def stage1(self) -> MoLMConfig:
+        """The stage-1 variant: Q-Former with its text side and stage-1 heads, no LLM (spec §2.1)."""
+        q = dataclasses.replace(self.qformer, text_side=True, llm_dim=None)
+        return MoLMConfig(unimol=dataclasses.replace(self.unimol), qformer=q, llm=None)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -114,7 +120,8 @@ TINY_LLAMA = dict(vocab_size=32000, hidden_size=64, intermediate_size=128, num_h
 
 
 def paper() -> MoLMConfig:
-    """3D-MoLM as released: Uni-Mol 47.3M, SciBERT-sized Q-Former, Llama-2-7B (give ``llm.path``)."""
+    """3D-MoLM stages 2/3 as released: Uni-Mol 47.3M, pruned SciBERT-sized Q-Former + llm_proj, Llama-2-7B (give
+    ``llm.path``). ``paper().stage1()`` is the stage-1 model."""
     return MoLMConfig()
 
 
@@ -123,7 +130,7 @@ def tiny() -> MoLMConfig:
     return MoLMConfig(
         unimol=UniMolConfig(num_layers=2, embed_dim=64, ffn_dim=128, num_heads=8),
         qformer=QFormerConfig(num_layers=4, hidden_size=64, num_heads=4, intermediate_size=128, encoder_width=64,
-                              vocab_size=31091, max_position_embeddings=128, embed_dim=32),
+                              max_position_embeddings=128, embed_dim=32, llm_dim=64),
         llm=LLMConfig(llama=dict(TINY_LLAMA), hidden_size=64, dtype="float32", max_length=160),
     )
 
