@@ -6,12 +6,25 @@ around it. ``use_backend`` forces a backend inside a block; ``MOLM_FAST_BACKEND`
 
 from molm_fast.ops._backend import use_backend
 from molm_fast.ops.gaussian_pair_bias import gaussian_pair_bias, gaussian_pair_bias_reference
+from molm_fast.ops.pair_bias_attention import pair_bias_attention, pair_bias_attention_reference
 from molm_fast.ops.pairwise_distance import pairwise_distance, pairwise_distance_reference
+from molm_fast.ops.qformer_cross_attention import (
+    qformer_cross_attention,
+    qformer_cross_attention_reference,
+    qformer_cross_kv,
+    qformer_key_mask,
+)
 
 __all__ = [
     "use_backend",
     "gaussian_pair_bias",
     "gaussian_pair_bias_reference",
+    "pair_bias_attention",
+    "pair_bias_attention_reference",
     "pairwise_distance",
     "pairwise_distance_reference",
+    "qformer_cross_attention",
+    "qformer_cross_attention_reference",
+    "qformer_cross_kv",
+    "qformer_key_mask",
 ]

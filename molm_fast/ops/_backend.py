@@ -32,6 +32,8 @@ BACKENDS = ("cuda", "triton", "cpp", "reference")
 DEFAULT_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpp", "reference")}
 ORDER: dict[str, dict[str, tuple[str, ...]]] = {
     "pairwise_distance": {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpp", "reference")},
+    "qformer_cross_attention": {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpp", "reference")},
+    "pair_bias_attention": {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpp", "reference")},
     "gaussian_pair_bias": {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpp", "reference")},
 }
 
