@@ -255,7 +255,8 @@ def generate_conformers(items: Sequence[str | Any | MoleculeRecord], config: Con
                         progress: bool = True) -> list[MoleculeRecord]:
     """One ``MoleculeRecord`` per item, in order. items: SMILES strings, RDKit Mols or records from a reader.
 
-    Records that are failed or already hold coordinates pass through (3D coordinates are used as is); the rest are
+    Records passed in are updated in place and returned as they are (keeping the index their reader gave them);
+    records that are failed or already hold coordinates pass through (3D coordinates are used as is); the rest are
     embedded from their SMILES. workers: processes (None = all cores, 0 = in this process, where only RDKit's own
     timeout bounds a molecule); cache: path of a SQLite conformer cache (created if missing); progress: tqdm bar.
     """
