@@ -43,8 +43,7 @@ def _providers(device: torch.device) -> dict:
 def _measure(r: h.Run, case: h.Case, ns: list[int], dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(len(r.records))
     inputs = r.rotated(lambda: (h.padded_coords(ns, r.device, dtype, gen),))
-    for name, fn in _providers(r.device).items():
-        r.measure(case, name, fn, inputs)
+    r.compare(case, _providers(r.device), inputs)
 
 
 def run(r: h.Run) -> None:

@@ -14,19 +14,22 @@ Every ``benchmarks/bench_<op>.py`` follows one pattern (copy ``bench_pairwise_di
             inputs = r.rotated(lambda: (torch.randn(B, N, 3, device=r.device),))  # list of argument tuples
             case = h.Case(OP, shapes={"B": B, "N": N}, dtype="float32", size_mix="uniform",
                           units={"atoms": B * N, "molecules": B}, flops=flops(B, N), bytes=bytes_moved(B, N))
-            r.measure(case, "reference", pairwise_distance_reference, inputs)      # the ratio's denominator
-            r.measure(case, "reference_compiled", torch.compile(pairwise_distance_reference), inputs)
+            providers = {"reference": pairwise_distance_reference,             # the ratio's denominator
+                         "reference_compiled": torch.compile(pairwise_distance_reference)}
             for backend in h.molm_backends(OP, r.device):
-                r.measure(case, f"molm_fast:{backend}", h.with_backend(pairwise_distance, backend), inputs)
+                providers[f"molm_fast:{backend}"] = h.with_backend(pairwise_distance, backend)
+            r.compare(case, providers, inputs)    # same inputs, interleaved timing, one record per provider
 
     if __name__ == "__main__":
         h.main(run)                # standalone: python -m benchmarks.bench_pairwise_distance [--quick]
 
-API (all in this module):
+API (``h.<name>``; environment capture lives in environment.py and size mixes in sizes.py, re-exported here):
 
 * ``Run(suite, device=None, quick=False)``: collects records for one run. ``r.device``, ``r.quick``,
-  ``r.is_cuda``. ``r.measure(case, provider, fn, inputs, pass_="forward")`` times ``fn(*inputs[i % len])``
-  and appends a record (``fn`` returning normally is all that is checked). ``r.skip(case, provider, reason)``
+  ``r.is_cuda``. ``r.compare(case, {provider: fn}, inputs)`` times every ``fn(*inputs[i % len])``
+  interleaved and appends one record per provider (``fn`` returning normally is all that is checked: parity
+  lives in tests/); ``r.measure(case, provider, fn, inputs)`` is the one-provider form (prefer ``compare``:
+  interleaving keeps ratios honest on a loaded machine). ``r.skip(case, provider, reason)``
   records a provider that could not run (never silently dropped). ``r.rotated(make)`` calls ``make()`` often
   enough that the rotated input sets exceed the last-level cache. ``r.write()`` computes ratios, prints
   the table and writes ``benchmarks/results/<date>_<suite>_<device>_<commit>.json``. ``r.time_left()``: seconds
@@ -44,20 +47,22 @@ API (all in this module):
 * ``with_backend(fn, backend)``: ``fn`` under ``molm_fast.ops.use_backend(backend)``.
 * ``molm_backends(op, device)``: the molm_fast backends implemented for ``op`` that can run on ``device``
   (Triton on the CPU only under ``TRITON_INTERPRET=1``, never timed: the interpreter is not a speed).
-* ``size_mix(name)`` / ``sample_sizes(name, B, seed)`` / ``padded_coords(ns, ...)``: real heavy-atom
+* (sizes.py) ``size_mix(name)`` / ``sample_sizes(name, B, seed)`` / ``padded_coords(ns, ...)``: real heavy-atom
   counts from ``benchmarks/data/sizes_<name>.json`` (N = atoms + 2, cropped at 256 atoms as 3D-MoLM does);
   names: pubchem324k, chebi20, pcdes. ``cached_conformers()``: 360 real RDKit conformers (atomic numbers +
   coordinates) of PubChem324k molecules, for benchmarks that want real geometry without RDKit.
-* ``environment()``: device, driver, CUDA, torch, Triton, molm_fast version + build_info, git commit +
-  dirty flag, CPU model + flags, threads, date.
+* (environment.py) ``environment()``: device, driver, CUDA, torch, Triton, molm_fast version + build_info,
+  git commit + dirty flag, CPU model + flags, threads, load, date; ``peaks(device)``: roofline peaks or None.
 
-Timing: ``warmup`` calls (>= 3; the first call's time is recorded separately as ``first_call_ms``, it holds
-``torch.compile``'s compilation), then ``iters`` (>= 20) timed calls, each with its own CUDA event pair on GPU
-(``time.perf_counter_ns`` on CPU); median, p20 and p80 are reported. Peak memory is
-``torch.cuda.max_memory_allocated`` above the memory held before the call (None on CPU: PyTorch's CPU
-allocator keeps no statistics). Roofline: ``max(flops / peak_flops[dtype], bytes / peak_bandwidth) / time``
-against the peaks in ``PEAKS`` (the H100 numbers measured on the lent H100, spec performance.md §5); no
-roofline is claimed for a device without an honestly known peak (CPUs here: shared vCPUs, unknown clocks).
+Timing (``time_many``): per provider ``warmup`` calls (>= 3; the first call's time is recorded separately as
+``first_call_ms``, it holds ``torch.compile``'s compilation) and one call for peak memory
+(``torch.cuda.max_memory_allocated`` above the memory held before it; None on CPU, where PyTorch's allocator
+keeps no statistics); then >= 20 timed rounds (more until the slowest provider covers MIN_TIME_S), each
+round calling every provider once, interleaved, each call with its own CUDA event pair on GPU
+(``time.perf_counter_ns`` on CPU); median, p20 and p80 are reported.
+Roofline: ``max(flops / peak_flops[dtype], bytes / peak_bandwidth) / time`` against the peaks in ``PEAKS``
+(environment.py: the H100 numbers measured on the lent H100, spec performance.md §5); no roofline is claimed for
+a device without an honestly known peak (CPUs here: shared vCPUs, unknown clocks).
 """
 
 from __future__ import annotations
@@ -67,10 +72,7 @@ import datetime as _dt
 import functools
 import json
 import math
-import os
-import platform
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -80,24 +82,19 @@ from typing import Any
 
 import torch
 
+from benchmarks.environment import PEAKS, environment, loadavg, peaks
+from benchmarks.sizes import CROP_ATOMS, cached_conformers, padded_coords, sample_sizes, size_mix
+
+__all__ = ["Case", "Run", "main", "table", "time_many", "time_fn", "with_grad", "with_backend", "molm_backends",
+           "cache_bytes", "environment", "peaks", "PEAKS", "size_mix", "sample_sizes", "cached_conformers",
+           "padded_coords", "CROP_ATOMS"]
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-DATA = ROOT / "benchmarks" / "data"
 MIN_ITERS = 20
 MIN_WARMUP = 3
 MIN_TIME_S = 0.2  # timed calls go on past MIN_ITERS until this much time is covered (capped at MAX_ITERS)
 MAX_ITERS = 500
-CROP_ATOMS = 256  # 3D-MoLM crops molecules above 256 atoms (spec 3d-molm.md §3)
-
-# Peaks per device-name pattern: compute per dtype [FLOP/s] and memory bandwidth [B/s], with the source.
-PEAKS = {
-    "H100": {"flops": {"bfloat16": 798e12, "float16": 798e12, "float32": 67e12}, "bandwidth": 3.0e12,
-             "source": "bf16 GEMM and D2D copy measured on the lent H100 (performance.md §5); fp32 = SXM "
-                       "datasheet CUDA-core peak (no TF32)"},
-    "H200": {"flops": {"bfloat16": 798e12, "float16": 798e12, "float32": 67e12}, "bandwidth": 4.8e12,
-             "source": "compute as H100 (measured); bandwidth = H200 datasheet 4.8 TB/s"},
-}
-
 
 # ---- what is measured ----------------------------------------------------------------------------------------
 @dataclass
@@ -115,76 +112,6 @@ class Case:
     def key(self) -> str:
         shape = ",".join(f"{k}={v}" for k, v in self.shapes.items())
         return f"{self.op}|{self.pass_}|{shape}|{self.dtype}|{self.size_mix}"
-
-
-# ---- environment -------------------------------------------------------------------------------------------
-def _run(cmd: Sequence[str]) -> str | None:
-    try:
-        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def _cpu() -> dict[str, Any]:
-    model, flags = platform.processor() or None, []
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        if m := re.search(r"^model name\s*:\s*(.+)$", text, re.M):
-            model = m.group(1).strip()
-        if m := re.search(r"^flags\s*:\s*(.+)$", text, re.M):
-            flags = sorted(f for f in m.group(1).split() if re.match(r"(avx|amx|fma|sse4|f16c)", f))
-    except OSError:
-        pass
-    return {"model": model, "flags": flags, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "machine": platform.machine()}
-
-
-def _loadavg() -> list[float] | None:
-    """The machine's load: CPU timings on a shared machine are only as good as this is low."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
-@functools.cache
-def environment() -> dict[str, Any]:
-    import molm_fast
-
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    commit = _run(["git", "rev-parse", "HEAD"]) or os.environ.get("MOLM_FAST_GIT_COMMIT")
-    status = _run(["git", "status", "--porcelain", "--untracked-files=no"])
-    env: dict[str, Any] = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "driver": _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]),
-        "cuda": torch.version.cuda, "torch": torch.__version__, "triton": triton_version,
-        "python": platform.python_version(), "molm_fast": molm_fast.__version__,
-        "build_info": molm_fast.build_info(),
-        "git_commit": commit, "git_dirty": None if status is None else bool(status),
-        "git_dirty_files": None if status is None else len(status.splitlines()),
-        "cpu": _cpu(), "loadavg_1m_5m_15m": _loadavg(), "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",
-        "env": {k: v for k, v in os.environ.items() if k.startswith(("MOLM_FAST_", "OMP_", "CUDA_VISIBLE"))},
-    }
-    if torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
-        env["gpu"] = {"name": p.name, "capability": f"{p.major}.{p.minor}", "memory_bytes": p.total_memory,
-                      "sms": p.multi_processor_count}
-    return env
-
-
-def peaks(device: torch.device) -> dict[str, Any] | None:
-    """The roofline peaks of ``device``, or None where no honest peak is known."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAKS.items() if k in name), None)
 
 
 # ---- inputs ------------------------------------------------------------------------------------------------
@@ -208,48 +135,6 @@ def cache_bytes(device: torch.device) -> int:
         if m:
             sizes.append(int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2)])
     return max(sizes, default=64 << 20)
-
-
-# ---- size mixes from the real data ---------------------------------------------------------------------------
-@functools.cache
-def size_mix(name: str = "pubchem324k") -> tuple[int, ...]:
-    """Heavy-atom counts of the real molecules of ``name`` (benchmarks/data/sizes_<name>.json)."""
-    path = DATA / f"sizes_{name}.json"
-    if not path.exists():
-        raise ValueError(f"size_mix: unknown mix {name!r}; expected one of "
-                         f"{sorted(p.stem[6:] for p in DATA.glob('sizes_*.json'))}")
-    return tuple(json.loads(path.read_text())["heavy_atoms"])
-
-
-def sample_sizes(name: str, B: int, seed: int = 0) -> list[int]:
-    """``B`` token counts N = min(atoms, 256) + 2 drawn (with replacement, seeded) from the mix."""
-    atoms = size_mix(name)
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(len(atoms), (B,), generator=g).tolist()
-    return [min(atoms[i], CROP_ATOMS) + 2 for i in idx]
-
-
-@functools.cache
-def cached_conformers(name: str = "pubchem324k") -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
-    """Real RDKit conformers (heavy atoms) of a seeded sample: ((atomic_numbers [n] int64, coords [n, 3] fp32), ...).
-
-    From benchmarks/data/conformers_<name>.npz (make_conformers.py). Molecules that failed to embed are missing,
-    so the sample leans small: take SIZES from ``size_mix`` and real geometry from here.
-    """
-    import numpy as np
-
-    with np.load(DATA / f"conformers_{name}.npz") as d:
-        z, xyz, off = torch.from_numpy(d["atomic_numbers"]).long(), torch.from_numpy(d["coords"]), d["offsets"]
-    return tuple((z[a:b], xyz[a:b]) for a, b in zip(off[:-1].tolist(), off[1:].tolist()))
-
-
-def padded_coords(ns: Sequence[int], device: torch.device, dtype: torch.dtype = torch.float32,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random coordinates [B, max(ns), 3] (about 1.5 A apart), zero beyond each molecule's ``n``."""
-    B, N = len(ns), max(ns, default=0)
-    coords = torch.randn(B, N, 3, generator=generator) * (1.5 * N ** (1 / 3))  # [B, N, 3]
-    mask = torch.arange(N)[None, :] < torch.tensor(list(ns))[:, None]  # [B, N]
-    return (coords * mask[..., None]).to(device=device, dtype=dtype)
 
 
 # ---- providers ----------------------------------------------------------------------------------------------
@@ -299,16 +184,8 @@ def _percentile(xs: Sequence[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
-def time_fn(fn: Callable, inputs: Sequence[tuple], device: torch.device, *, warmup: int = MIN_WARMUP,
-            iters: int = MIN_ITERS) -> dict[str, Any]:
-    """Times ``fn(*inputs[i % len(inputs)])``: first call, warm-up, then >= ``iters`` timed calls (ms).
-
-    Fast calls get more timed iterations (up to MAX_ITERS) so that they cover MIN_TIME_S, which steadies
-    medians of microsecond calls on a shared machine.
-    """
-    warmup, iters = max(warmup, MIN_WARMUP), max(iters, MIN_ITERS)
-    cuda = device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+def _first_and_warmup(fn: Callable, inputs: Sequence[tuple], warmup: int, sync: Callable) -> tuple[float, float]:
+    """First call (holds torch.compile's compilation) and warm-up; returns (first call ms, s per warm call)."""
     sync()
     t0 = time.perf_counter_ns()
     fn(*inputs[0])
@@ -318,32 +195,74 @@ def time_fn(fn: Callable, inputs: Sequence[tuple], device: torch.device, *, warm
     for i in range(1, warmup):
         fn(*inputs[i % len(inputs)])
     sync()
-    per_call_s = (time.perf_counter_ns() - t0) / 1e9 / (warmup - 1)
-    iters = int(min(MAX_ITERS, max(iters, math.ceil(MIN_TIME_S / max(per_call_s, 1e-7)))))
-    base = 0
-    if cuda:
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
-        for i, (start, end) in enumerate(events):
-            args = inputs[i % len(inputs)]
-            start.record()
-            fn(*args)
-            end.record()
-        torch.cuda.synchronize(device)
-        times = [s.elapsed_time(e) for s, e in events]
-        peak = torch.cuda.max_memory_allocated(device) - base
-    else:
-        times = []
-        for i in range(iters):
-            args = inputs[i % len(inputs)]
-            t = time.perf_counter_ns()
-            fn(*args)
-            times.append((time.perf_counter_ns() - t) / 1e6)
-        peak = None
-    return {"median_ms": _percentile(times, 0.5), "p20_ms": _percentile(times, 0.2),
-            "p80_ms": _percentile(times, 0.8), "min_ms": min(times), "iters": iters, "warmup": warmup,
-            "first_call_ms": first_ms, "rotations": len(inputs), "peak_mem_bytes": peak}
+    return first_ms, (time.perf_counter_ns() - t0) / 1e9 / (warmup - 1)
+
+
+def _peak_memory(fn: Callable, args: tuple, device: torch.device) -> int | None:
+    """Bytes allocated above the baseline during one dedicated call (CUDA only; None on CPU)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn(*args)
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def time_many(fns: dict[str, Callable], inputs: Sequence[tuple], device: torch.device, *,
+              warmup: int = MIN_WARMUP, iters: int = MIN_ITERS) -> dict[str, dict[str, Any] | Exception]:
+    """Times every ``fn(*inputs[i % len(inputs)])`` of ``fns`` INTERLEAVED (round i calls each provider once,
+    starting at a rotating provider), so that load on a shared machine hits all providers alike and their
+    ratios stay honest. Each provider: first call, warm-up, one call for peak memory, then >= ``iters`` timed
+    calls, more (up to MAX_ITERS) until the slowest provider covers MIN_TIME_S. A provider that raises gets
+    its exception instead of timings; the others go on.
+    """
+    warmup, iters = max(warmup, MIN_WARMUP), max(iters, MIN_ITERS)
+    cuda = device.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    result: dict[str, dict[str, Any] | Exception] = {}
+    per_call = {}
+    for name, fn in fns.items():
+        try:
+            first_ms, per_call[name] = _first_and_warmup(fn, inputs, warmup, sync)
+            result[name] = {"first_call_ms": first_ms, "peak_mem_bytes": _peak_memory(fn, inputs[0], device)}
+        except Exception as exc:  # reported per provider by Run.compare
+            result[name] = exc
+    live = [n for n in fns if n in per_call]
+    if not live:
+        return result
+    iters = int(min(MAX_ITERS, max(iters, math.ceil(MIN_TIME_S / max(max(per_call.values()), 1e-7)))))
+    times: dict[str, list] = {n: [] for n in live}
+    for i in range(iters):
+        args = inputs[i % len(inputs)]
+        for j in range(len(live)):
+            name = live[(i + j) % len(live)]
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fns[name](*args)
+                end.record()
+                times[name].append((start, end))
+            else:
+                t = time.perf_counter_ns()
+                fns[name](*args)
+                times[name].append((time.perf_counter_ns() - t) / 1e6)
+    sync()
+    for name in live:
+        ts = [s.elapsed_time(e) for s, e in times[name]] if cuda else times[name]
+        result[name] |= {"median_ms": _percentile(ts, 0.5), "p20_ms": _percentile(ts, 0.2),
+                         "p80_ms": _percentile(ts, 0.8), "min_ms": min(ts), "iters": iters, "warmup": warmup,
+                         "rotations": len(inputs), "interleaved_with": len(live) - 1}
+    return result
+
+
+def time_fn(fn: Callable, inputs: Sequence[tuple], device: torch.device, **kw: Any) -> dict[str, Any]:
+    """``time_many`` for one callable; raises what ``fn`` raises."""
+    t = time_many({"fn": fn}, inputs, device, **kw)["fn"]
+    if isinstance(t, Exception):
+        raise t
+    return t
 
 
 # ---- one run ----------------------------------------------------------------------------------------------------
@@ -356,7 +275,7 @@ class Run:
     quick: bool = False
     reference: str = "reference"
     records: list[dict[str, Any]] = field(default_factory=list)
-    deadline: float | None = None  # time.time() after which measure() records "skipped: time budget"
+    deadline: float | None = None  # time.time() after which compare() records "skipped: time budget"
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. run.py's gpu_build / gpu_tests outcomes
 
     def __post_init__(self) -> None:
@@ -384,15 +303,22 @@ class Run:
         """Seconds before the deadline (inf without one): bench files may shrink their grid on it."""
         return math.inf if self.deadline is None else self.deadline - time.time()
 
-    def measure(self, case: Case, provider: str, fn: Callable, inputs: Sequence[tuple], *,
-                warmup: int = MIN_WARMUP, iters: int = MIN_ITERS, notes: str | None = None) -> dict[str, Any]:
-        """Time ``fn`` on ``inputs`` for ``case``; a provider that raises is recorded as skipped with the error."""
+    def compare(self, case: Case, providers: dict[str, Callable], inputs: Sequence[tuple], *,
+                warmup: int = MIN_WARMUP, iters: int = MIN_ITERS, notes: str | None = None) -> list[dict[str, Any]]:
+        """Time every provider on the same ``inputs``, interleaved (``time_many``); one record each. A provider
+        that raises is recorded as skipped with its error. Include ``"reference"`` for the speedups."""
         if self.time_left() <= 0:
-            return self.skip(case, provider, "time budget of the suite used up before this measurement")
-        try:
-            t = time_fn(fn, inputs, self.device, warmup=warmup, iters=iters)
-        except Exception as exc:  # recorded, never dropped: the table shows why a provider is missing
-            return self.skip(case, provider, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+            return [self.skip(case, p, "time budget of the suite used up before this measurement") for p in providers]
+        timings = time_many(providers, inputs, self.device, warmup=warmup, iters=iters)
+        return [self._record(case, p, t, notes) for p, t in timings.items()]
+
+    def measure(self, case: Case, provider: str, fn: Callable, inputs: Sequence[tuple], **kw: Any) -> dict[str, Any]:
+        """``compare`` with one provider."""
+        return self.compare(case, {provider: fn}, inputs, **kw)[0]
+
+    def _record(self, case: Case, provider: str, t: dict[str, Any] | Exception, notes: str | None) -> dict[str, Any]:
+        if isinstance(t, Exception):
+            return self.skip(case, provider, f"{type(t).__name__}: {str(t).splitlines()[0][:300] if str(t) else ''}")
         rec = self._base(case, provider) | t | {"notes": notes}
         s = t["median_ms"] / 1e3
         rec["throughput"] = {f"{k}_per_s": v / s for k, v in case.units.items()}
@@ -427,7 +353,7 @@ class Run:
             r["speedup_vs_reference"] = base["median_ms"] / r["median_ms"] if ok else None
         return {"schema": 1, "suite": self.suite, "quick": self.quick, "device": str(self.device),
                 "started": _dt.datetime.fromtimestamp(self.started, _dt.timezone.utc).isoformat(timespec="seconds"),
-                "wall_s": round(time.time() - self.started, 2), "loadavg_at_end": _loadavg(),
+                "wall_s": round(time.time() - self.started, 2), "loadavg_at_end": loadavg(),
                 "peaks": peaks(self.device),
                 "environment": environment(), **self.extra, "records": self.records}
 

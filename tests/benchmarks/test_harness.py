@@ -55,6 +55,19 @@ def test_run_ratios_json_and_environment(tmp_path):
     assert env["cpu"]["model"] and env["cpu"]["torch_threads"] >= 1
 
 
+def test_compare_interleaves_providers_and_keeps_going_past_a_failure():
+    order = []
+    providers = {"reference": lambda x: order.append("r"), "molm_fast:toy": lambda x: order.append("m"),
+                 "broken": lambda x: (_ for _ in ()).throw(RuntimeError("no kernel"))}
+    r = harness.Run("unit", device="cpu")
+    recs = r.compare(_case(), providers, [(torch.zeros(1),)])
+    by = {rec["provider"]: rec for rec in recs}
+    assert "RuntimeError: no kernel" in by["broken"]["skipped"]
+    assert by["reference"]["iters"] == by["molm_fast:toy"]["iters"] >= harness.MIN_ITERS
+    timed = order[2 * harness.MIN_WARMUP:]  # after each provider's own warm-up: one call of each per round
+    assert all({timed[i], timed[i + 1]} == {"r", "m"} for i in range(0, len(timed), 2))
+
+
 def test_deadline_records_skips_instead_of_dropping():
     r = harness.Run("unit", device="cpu")
     r.deadline = 0.0

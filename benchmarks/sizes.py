@@ -1,0 +1,58 @@
+"""Real size mixes and cached conformers for benchmarks (re-exported by harness.py; use ``h.size_mix`` etc.).
+
+The counts come from the real molecules in shared/data (``benchmarks/data/make_sizes.py``, RDKit, run once): the
+GPU image has no RDKit, so benchmarks read the cached JSON/npz files.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+DATA = Path(__file__).resolve().parent / "data"
+CROP_ATOMS = 256  # 3D-MoLM crops molecules above 256 atoms (spec 3d-molm.md §3)
+
+
+@functools.cache
+def size_mix(name: str = "pubchem324k") -> tuple[int, ...]:
+    """Heavy-atom counts of the real molecules of ``name`` (benchmarks/data/sizes_<name>.json)."""
+    path = DATA / f"sizes_{name}.json"
+    if not path.exists():
+        raise ValueError(f"size_mix: unknown mix {name!r}; expected one of "
+                         f"{sorted(p.stem[6:] for p in DATA.glob('sizes_*.json'))}")
+    return tuple(json.loads(path.read_text())["heavy_atoms"])
+
+
+def sample_sizes(name: str, B: int, seed: int = 0) -> list[int]:
+    """``B`` token counts N = min(atoms, 256) + 2 drawn (with replacement, seeded) from the mix."""
+    atoms = size_mix(name)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(atoms), (B,), generator=g).tolist()
+    return [min(atoms[i], CROP_ATOMS) + 2 for i in idx]
+
+
+@functools.cache
+def cached_conformers(name: str = "pubchem324k") -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """Real RDKit conformers (heavy atoms) of a seeded sample: ((atomic_numbers [n] int64, coords [n, 3] fp32), ...).
+
+    From benchmarks/data/conformers_<name>.npz (make_conformers.py). Molecules that failed to embed are missing,
+    so the sample leans small: take SIZES from ``size_mix`` and real geometry from here.
+    """
+    import numpy as np
+
+    with np.load(DATA / f"conformers_{name}.npz") as d:
+        z, xyz, off = torch.from_numpy(d["atomic_numbers"]).long(), torch.from_numpy(d["coords"]), d["offsets"]
+    return tuple((z[a:b], xyz[a:b]) for a, b in zip(off[:-1].tolist(), off[1:].tolist()))
+
+
+def padded_coords(ns: Sequence[int], device: torch.device, dtype: torch.dtype = torch.float32,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random coordinates [B, max(ns), 3] (about 1.5 A apart), zero beyond each molecule's ``n``."""
+    B, N = len(ns), max(ns, default=0)
+    coords = torch.randn(B, N, 3, generator=generator) * (1.5 * N ** (1 / 3))  # [B, N, 3]
+    mask = torch.arange(N)[None, :] < torch.tensor(list(ns))[:, None]  # [B, N]
+    return (coords * mask[..., None]).to(device=device, dtype=dtype)
