@@ -167,8 +167,32 @@ def _backward_cpp(grad, coords, tokens, params, cu_seqlens, max_seqlen, num_type
     return [grads[0].view_as(coords), *grads[1:]]
 
 
-_FORWARD = {"reference": _forward_reference, "cpp": _forward_cpp}
-_BACKWARD = {"reference": _backward_reference, "cpp": _backward_cpp}
+def _triton_inputs(coords, tokens, params, cu_seqlens):
+    """Triton takes the parameters in their own dtype (bf16 dots), coordinates in the compute dtype."""
+    compute, xyz, tok, _, cu, cu_pairs, B, N, shape = _flat(coords, tokens, params, cu_seqlens)
+    return compute, xyz, tok, [p.contiguous() for p in params], cu, cu_pairs, B, N, shape
+
+
+def _forward_triton(coords, tokens, params, cu_seqlens, max_seqlen, num_types, pad_idx):
+    from molm_fast.kernels.gaussian_pair_bias import gaussian_pair_bias_forward_triton
+
+    _, xyz, tok, flat, cu, cu_pairs, B, N, shape = _triton_inputs(coords, tokens, params, cu_seqlens)
+    out = torch.empty(shape, dtype=params[4].dtype, device=coords.device)
+    return gaussian_pair_bias_forward_triton(xyz, tok, flat, cu, cu_pairs, B, N, out, num_types, pad_idx)
+
+
+def _backward_triton(grad, coords, tokens, params, cu_seqlens, max_seqlen, num_types, pad_idx):
+    from molm_fast.kernels.gaussian_pair_bias import gaussian_pair_bias_backward_triton
+
+    compute, xyz, tok, flat, cu, cu_pairs, B, N, _ = _triton_inputs(coords, tokens, params, cu_seqlens)
+    grads = [torch.zeros(t.shape, dtype=compute, device=t.device) for t in (xyz, *flat)]
+    gaussian_pair_bias_backward_triton(grad.contiguous(), xyz, tok, flat, cu, cu_pairs, B, N, grads, num_types,
+                                       pad_idx)
+    return [grads[0].view_as(coords), *grads[1:]]
+
+
+_FORWARD = {"reference": _forward_reference, "cpp": _forward_cpp, "triton": _forward_triton}
+_BACKWARD = {"reference": _backward_reference, "cpp": _backward_cpp, "triton": _backward_triton}
 _backend.register(OP, _FORWARD)
 
 
