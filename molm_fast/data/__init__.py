@@ -11,6 +11,8 @@ Conformers: ``generate_conformers(items, ConformerConfig(...), workers=, cache=,
 seeded, fallbacks, per-molecule time limit, processes, SQLite cache); ``embed_molecule``, ``conformer_from_smiles``.
 Readers: ``read_smiles``, ``read_text_pairs``, ``read_chebi20_mm``, ``read_qm9_csv``, ``read_pubchemqc_gap``,
 ``read_sdf``, ``read_lmdb`` / ``write_lmdb``.
+3D-MoIT: ``computed_property_items`` (MW/LogP/TPSA/Complexity/HOMO/LUMO/gap/SCF QA with upstream templates),
+``read_moit_json`` / ``write_moit_json``, ``InstructionItem``.
 """
 
 from molm_fast.data.cache import ConformerCache
@@ -37,6 +39,7 @@ from molm_fast.data.featurize import (
     featurize_packed,
     featurize_reference,
 )
+from molm_fast.data.moit import InstructionItem, computed_property_items, read_moit_json, write_moit_json
 from molm_fast.data.readers import (
     HARTREE_TO_EV,
     read_chebi20_mm,
@@ -61,4 +64,5 @@ __all__ = [
     "conformer_from_smiles", "embed_molecule", "generate_conformers",
     "read_chebi20_mm", "read_lmdb", "read_pubchemqc_gap", "read_qm9_csv", "read_sdf", "read_smiles", "read_text_pairs",
     "unescape_smiles", "write_lmdb",
+    "InstructionItem", "computed_property_items", "read_moit_json", "write_moit_json",
 ]
