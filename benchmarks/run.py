@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="", help="comma-separated bench names, e.g. pairwise_distance,encoder")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="directory for JSON and logs")
     p.add_argument("--budget-s", type=float, default=None, help="whole-suite time budget (gpu default 360)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (OMP_NUM_THREADS + torch.set_num_threads); 1 gives stable numbers on a shared "
+                        "machine, where a descheduled OpenMP worker stalls every parallel region")
     p.add_argument("--no-build", action="store_true", help="gpu: skip the build step")
     p.add_argument("--no-tests", action="store_true", help="gpu: skip pytest -m gpu")
     p.add_argument("--extra", default=None, help=argparse.SUPPRESS)  # build/test outcomes from the first stage
@@ -95,7 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         cmd += (["--quick"] if args.quick else []) + (["--only", args.only] if args.only else [])
         return subprocess.run(cmd, cwd=ROOT).returncode
 
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before torch / molm_fast._C start their OpenMP
     import torch  # only now: the build above must come before molm_fast is imported
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from benchmarks import harness as h
 
