@@ -73,7 +73,7 @@ class LLMConfig:
     """Causal LM + LoRA (spec §1.4). ``path`` is a local Hugging Face model dir; ``llama`` builds a random Llama."""
 
     path: str | None = None
-    llama: dict[str, Any] | None = None  # LlamaConfig kwargs when no path is given (tests, tiny)
+    llama: dict[str, Any] | None = None  # LlamaConfig kwargs when no path is given (tests, tiny; vocab from tokenizer)
     hidden_size: int = 4096
     dtype: str = "bfloat16"
     lora_r: int = 8
@@ -114,8 +114,8 @@ class MoLMConfig:
                    llm=llm)
 
 
-TINY_LLAMA = dict(vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, rms_norm_eps=1e-5,
+TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024, rms_norm_eps=1e-5,
                   bos_token_id=1, eos_token_id=2, pad_token_id=None, tie_word_embeddings=False)
 
 
@@ -131,7 +131,7 @@ def tiny() -> MoLMConfig:
         unimol=UniMolConfig(num_layers=2, embed_dim=64, ffn_dim=128, num_heads=8),
         qformer=QFormerConfig(num_layers=4, hidden_size=64, num_heads=4, intermediate_size=128, encoder_width=64,
                               max_position_embeddings=128, embed_dim=32, llm_dim=64),
-        llm=LLMConfig(llama=dict(TINY_LLAMA), hidden_size=64, dtype="float32", max_length=160),
+        llm=LLMConfig(llama=dict(TINY_LLAMA), hidden_size=64, dtype="float32", max_length=384),
     )
 
 
