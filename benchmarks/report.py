@@ -134,6 +134,21 @@ def readme_table(runs: list[tuple[str, dict]]) -> str:
             + "\n".join(rows) + "\n")
 
 
+def _speedup_panel(ax: Any, recs: list[dict], x: str, other: str) -> None:
+    """Speedup against ``x`` (B or N), one line per (provider, pass, value of ``other``); colour = provider."""
+    lines: dict[tuple, list[tuple[int, float]]] = defaultdict(list)
+    for r in recs:
+        lines[(r["provider"], r["pass"], r["shapes"][other])].append((r["shapes"][x], r["speedup_vs_reference"]))
+    providers = sorted({k[0] for k in lines})
+    for (prov, pas, o), pts in sorted(lines.items(), key=lambda kv: str(kv[0])):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", lw=1, color=f"C{providers.index(prov)}",
+                label=f"{prov} {pas} {other}={o}")
+    ax.set(xscale="log", yscale="log", xlabel={"B": "batch B (molecules)", "N": "tokens per molecule N"}[x])
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.legend(fontsize=5, ncol=2)
+
+
 def plots(runs: list[tuple[str, dict]], directory: Path) -> list[Path]:
     import matplotlib
 
@@ -146,21 +161,15 @@ def plots(runs: list[tuple[str, dict]], directory: Path) -> list[Path]:
         dev = re.sub(r"[^A-Za-z0-9]+", "-", doc["environment"]["device"]).strip("-").lower()
         recs = [r for r in doc["records"] if "skipped" not in r and r.get("speedup_vs_reference") is not None]
         for op in sorted({r["op"] for r in recs}):
-            lines: dict[tuple, list[tuple[int, float]]] = defaultdict(list)
-            for r in recs:
-                if r["op"] == op and r["provider"] != "reference" and "B" in r["shapes"] and r["size_mix"] == "uniform":
-                    lines[(r["provider"], r["pass"], r["shapes"].get("N"))].append((r["shapes"]["B"],
-                                                                                     r["speedup_vs_reference"]))
-            if not lines:
+            pts = [r for r in recs if r["op"] == op and r["provider"] != "reference" and r["size_mix"] == "uniform"
+                   and {"B", "N"} <= set(r["shapes"])]
+            if not pts:
                 continue
-            fig, ax = plt.subplots(figsize=(7, 4.5))
-            for (prov, pas, n), pts in sorted(lines.items(), key=lambda kv: str(kv[0])):
-                pts.sort()
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{prov} {pas} N={n}")
-            ax.set(xscale="log", yscale="log", xlabel="batch B (molecules)", ylabel="speedup over reference (eager)",
-                   title=f"{op} on {doc['environment']['device']}")
-            ax.axhline(1.0, color="grey", lw=0.8)
-            ax.legend(fontsize=6, ncol=2)
+            fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+            for ax, x, other in ((axes[0], "B", "N"), (axes[1], "N", "B")):
+                _speedup_panel(ax, pts, x, other)
+            axes[0].set_ylabel("speedup over reference (eager), same run")
+            fig.suptitle(f"{op} on {doc['environment']['device']}")
             fig.tight_layout()
             written.append(directory / f"{dev}_{op}_speedup.png")
             fig.savefig(written[-1], dpi=110)
