@@ -4,7 +4,7 @@ Providers: ``reference`` (eager ``pairwise_distance_reference``, the ratio's den
 ``reference_compiled`` (``torch.compile`` of it), ``cdist`` (``torch.cdist``, the generic composite) and
 ``molm_fast:<backend>`` for each molm_fast backend that runs natively on the device. Shapes: the N grid of
 performance.md §9.3 (uniform N), plus the real PubChem324k size mix at B = 64 / 256 / 1024 padded to the batch
-maximum: useful units count real atoms and real pairs only.
+maximum: useful units count real tokens (N = atoms + 2), atoms and pairs only (``h.units``).
 """
 
 from __future__ import annotations
@@ -49,14 +49,13 @@ def _measure(r: h.Run, case: h.Case, ns: list[int], dtype: torch.dtype) -> None:
 def run(r: h.Run) -> None:
     dtype = torch.float32
     for B, N in GRID_QUICK if r.quick else GRID:
-        case = h.Case(OP, {"B": B, "N": N}, "float32", "uniform", units={"atoms": B * N, "pairs": B * N * N},
+        case = h.Case(OP, {"B": B, "N": N}, "float32", "uniform", units=h.units([N] * B, headline="tokens"),
                       flops=flops(B, N), bytes=bytes_moved(B, N, 4))
         _measure(r, case, [N] * B, dtype)
     for B in MIX_BATCHES_QUICK if r.quick else MIX_BATCHES:
         ns = h.sample_sizes("pubchem324k", B, seed=0)
         N = max(ns)
-        case = h.Case(OP, {"B": B, "N": N}, "float32", "pubchem324k",
-                      units={"atoms": sum(ns), "pairs": sum(n * n for n in ns)},
+        case = h.Case(OP, {"B": B, "N": N}, "float32", "pubchem324k", units=h.units(ns, headline="tokens"),
                       flops=flops(B, N), bytes=bytes_moved(B, N, 4))
         _measure(r, case, ns, dtype)
 

@@ -13,7 +13,7 @@ Every ``benchmarks/bench_<op>.py`` follows one pattern (copy ``bench_pairwise_di
         for B, N in (GRID_QUICK if r.quick else GRID):
             inputs = r.rotated(lambda: (torch.randn(B, N, 3, device=r.device),))  # list of argument tuples
             case = h.Case(OP, shapes={"B": B, "N": N}, dtype="float32", size_mix="uniform",
-                          units={"atoms": B * N, "molecules": B}, flops=flops(B, N), bytes=bytes_moved(B, N))
+                          units=h.units([N] * B), flops=flops(B, N), bytes=bytes_moved(B, N))
             providers = {"reference": pairwise_distance_reference,             # the ratio's denominator
                          "reference_compiled": torch.compile(pairwise_distance_reference)}
             for backend in h.molm_backends(OP, r.device):
@@ -49,8 +49,10 @@ API (``h.<name>``; environment capture lives in environment.py and size mixes in
   (Triton on the CPU only under ``TRITON_INTERPRET=1``, never timed: the interpreter is not a speed).
 * (sizes.py) ``size_mix(name)`` / ``sample_sizes(name, B, seed)`` / ``padded_coords(ns, ...)``: real heavy-atom
   counts from ``benchmarks/data/sizes_<name>.json`` (N = atoms + 2, cropped at 256 atoms as 3D-MoLM does);
-  names: pubchem324k, chebi20, pcdes. ``cached_conformers()``: 360 real RDKit conformers (atomic numbers +
-  coordinates) of PubChem324k molecules, for benchmarks that want real geometry without RDKit.
+  names: pubchem324k, chebi20, pcdes. ``units(ns, headline="molecules")``: the useful units of a batch
+  (molecules, real tokens, real atoms = tokens - 2, real pairs), never padded ones. ``cached_conformers()``:
+  360 real RDKit conformers (atomic numbers + coordinates) of PubChem324k molecules, for benchmarks that want
+  real geometry without RDKit.
 * (environment.py) ``environment()``: device, driver, CUDA, torch, Triton, molm_fast version + build_info,
   git commit + dirty flag, CPU model + flags, threads, load, date; ``peaks(device)``: roofline peaks or None.
 
@@ -83,11 +85,11 @@ from typing import Any
 import torch
 
 from benchmarks.environment import PEAKS, environment, loadavg, peaks
-from benchmarks.sizes import CROP_ATOMS, cached_conformers, padded_coords, sample_sizes, size_mix
+from benchmarks.sizes import CROP_ATOMS, cached_conformers, padded_coords, sample_sizes, size_mix, units
 
 __all__ = ["Case", "Run", "main", "table", "time_many", "time_fn", "with_grad", "with_backend", "molm_backends",
            "cache_bytes", "environment", "peaks", "PEAKS", "size_mix", "sample_sizes", "cached_conformers",
-           "padded_coords", "CROP_ATOMS"]
+           "padded_coords", "units", "CROP_ATOMS"]
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -56,3 +56,11 @@ def padded_coords(ns: Sequence[int], device: torch.device, dtype: torch.dtype = 
     coords = torch.randn(B, N, 3, generator=generator) * (1.5 * N ** (1 / 3))  # [B, N, 3]
     mask = torch.arange(N)[None, :] < torch.tensor(list(ns))[:, None]  # [B, N]
     return (coords * mask[..., None]).to(device=device, dtype=dtype)
+
+
+def units(ns: Sequence[int], *, headline: str = "molecules") -> dict[str, int]:
+    """Useful work of a batch of molecules with ``ns`` tokens each (N = atoms + 2: BOS/EOS, padding excluded):
+    molecules, real tokens, real atoms and real token pairs, ``headline`` first (the table's unit)."""
+    u = {"molecules": len(ns), "tokens": sum(ns), "atoms": sum(max(n - 2, 0) for n in ns),
+         "pairs": sum(n * n for n in ns)}
+    return {headline: u.pop(headline)} | u

@@ -38,4 +38,5 @@ def test_cpu_suite_runs_end_to_end(tmp_path, monkeypatch):
     ns = harness.sample_sizes("pubchem324k", 3, seed=0)
     mix = [r for r in recs if r["size_mix"] == "pubchem324k"]
     assert len(mix) == len(PROVIDERS)
-    assert all(r["units"]["atoms"] == sum(ns) and r["shapes"] == {"B": 3, "N": max(ns)} for r in mix)
+    assert all(r["units"]["tokens"] == sum(ns) and r["units"]["atoms"] == sum(ns) - 6 for r in mix)
+    assert all(r["shapes"] == {"B": 3, "N": max(ns)} for r in mix)

@@ -137,3 +137,9 @@ def test_unimol_tools_anchor_runs_or_says_why():
     with torch.no_grad():
         out = model(tokens, dist, edge)
     assert out.shape == (3, 6, 512) and torch.isfinite(out).all()
+
+
+def test_units_count_real_work_with_the_headline_first():
+    u = harness.units([5, 3, 2], headline="tokens")
+    assert list(u)[0] == "tokens"
+    assert u == {"tokens": 10, "molecules": 3, "atoms": 4, "pairs": 38}
