@@ -143,3 +143,17 @@ def test_units_count_real_work_with_the_headline_first():
     u = harness.units([5, 3, 2], headline="tokens")
     assert list(u)[0] == "tokens"
     assert u == {"tokens": 10, "molecules": 3, "atoms": 4, "pairs": 38}
+
+
+@pytest.mark.gpu
+def test_cuda_timing_peak_memory_and_roofline():
+    r = harness.Run("unit", device="cuda")
+    x = torch.randn(1024, 1024, device="cuda", dtype=torch.bfloat16)
+    case = _case(dtype="bfloat16", flops=2.0 * 1024**3, bytes=3 * 2.0 * 1024**2)
+    recs = r.compare(case, {"reference": lambda a: a @ a, "molm_fast:toy": lambda a: a + 1}, [(x,)])
+    for rec in recs:
+        assert "skipped" not in rec and rec["median_ms"] > 0
+        assert rec["peak_mem_bytes"] >= 1024 * 1024 * 2  # at least the output
+        if harness.peaks(r.device) is not None:
+            assert 0 < rec["roofline_fraction"] and rec["roofline_bound"] in ("compute", "memory")
+    assert harness.environment()["gpu"]["name"]
