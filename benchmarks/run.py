@@ -117,12 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         left = start + budget - time.time()
         r.deadline = time.time() + min(left, 2 * left / (len(names) - i))
         print(f"== bench_{name} ({max(left, 0):.0f} s left)", flush=True)
+        t = time.time()
         try:
             module = importlib.import_module(f"benchmarks.bench_{name}")
             module.run(r)
         except Exception as exc:  # recorded and reported; the other modules still run
             traceback.print_exc()
             r.skip(h.Case(name, {}, "-", "-", {}), f"bench_{name}", f"{type(exc).__name__}: {exc}"[:300])
+        r.extra.setdefault("module_seconds", {})[name] = round(time.time() - t, 1)
     r.deadline = None
     r.write(out)
     return 0
