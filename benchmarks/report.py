@@ -82,6 +82,8 @@ def summary(runs: list[tuple[str, dict]]) -> str:
         for key in ("gpu_build", "gpu_tests"):
             if key in doc:
                 out.append(f"- {key}: rc {doc[key]['rc']}, {doc[key]['seconds']} s {doc[key].get('counts', '')}")
+        if "module_seconds" in doc:
+            out.append("- seconds per bench module: " + ", ".join(f"{k} {v}" for k, v in doc["module_seconds"].items()))
         by_op: dict[str, list[dict]] = defaultdict(list)
         for r in doc["records"]:
             by_op[r["op"]].append(r)
