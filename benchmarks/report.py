@@ -8,6 +8,7 @@
 * ``README_TABLE.md``: the README's performance table: per device, op and pass, the headline cases (or the
   real-size-mix cases) with the reference time, the best molm_fast provider and the best anchor, their speedups
   over the reference, and the JSON file each row comes from;
+* with ``--readme README.md``: the same table spliced into the README between ``BEGIN`` / ``END`` markers;
 * ``plots/<device>_<op>_speedup.png`` (speedup over the reference against B, one line per N and provider) and
   ``plots/<device>_roofline.png`` (roofline fraction per case; only where the device's peaks are known).
 """
@@ -189,15 +190,31 @@ def plots(runs: list[tuple[str, dict]], directory: Path) -> list[Path]:
     return written
 
 
+BEGIN, END = "<!-- benchmarks:table:begin -->", "<!-- benchmarks:table:end -->"
+
+
+def splice(readme: Path, table: str) -> None:
+    """Replace what lies between the BEGIN and END markers of ``readme`` with ``table``."""
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"report: {readme} must contain the lines {BEGIN} and {END} around the table")
+    head, rest = text.split(BEGIN, 1)
+    readme.write_text(head + BEGIN + "\n" + table + END + rest.split(END, 1)[1])
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="summary, README table and plots from benchmarks/results/*.json")
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--readme", default=None, help=f"also splice the table into this file between {BEGIN} / {END}")
     args = p.parse_args(argv)
     results = Path(args.results)
     runs = load(results)
     (results / "SUMMARY.md").write_text(summary(runs))
-    (results / "README_TABLE.md").write_text(readme_table(runs))
+    table = readme_table(runs)
+    (results / "README_TABLE.md").write_text(table)
+    if args.readme:
+        splice(Path(args.readme), table)
     written = [] if args.no_plots else plots(runs, results / "plots")
     print(f"{len(runs)} result files -> SUMMARY.md, README_TABLE.md, {len(written)} plots in {results}")
 

@@ -111,8 +111,11 @@ def test_report_builds_summary_table_and_plots(tmp_path):
                          ("reference_compiled", lambda a: a * 2)):
             r.measure(case, name, fn, [(torch.randn(8, 8),)])
     path = r.write(tmp_path)
-    report.main(["--results", str(tmp_path)])
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{report.BEGIN}\nold rows\n{report.END}\ntail\n")
+    report.main(["--results", str(tmp_path), "--readme", str(readme)])
     table = (tmp_path / "README_TABLE.md").read_text()
+    assert readme.read_text() == f"# x\n{report.BEGIN}\n{table}{report.END}\ntail\n"
     assert "| cpu | toy | forward | B=4 N=5 (pubchem324k) float32 |" in table and path.name in table
     assert "molm_fast:toy" in (tmp_path / "SUMMARY.md").read_text()
     assert (tmp_path / "plots" / "cpu_toy_speedup.png").stat().st_size > 0
