@@ -50,7 +50,10 @@ API (``h.<name>``; environment capture lives in environment.py and size mixes in
 * (sizes.py) ``size_mix(name)`` / ``sample_sizes(name, B, seed)`` / ``padded_coords(ns, ...)``: real heavy-atom
   counts from ``benchmarks/data/sizes_<name>.json`` (N = atoms + 2, cropped at 256 atoms as 3D-MoLM does);
   names: pubchem324k, chebi20, pcdes. ``units(ns, headline="molecules")``: the useful units of a batch
-  (molecules, real tokens, real atoms = tokens - 2, real pairs), never padded ones. ``cached_conformers()``:
+  (molecules, real tokens, real atoms = tokens - 2, real pairs), never padded ones. The batching policies of
+  performance.md §9.3 over one seeded pass of a mix, as lists of per-molecule N: ``batches_reference(name, B=64)``
+  (random order, pad to batch max), ``batches_bucketed(name, width=8, tokens=16384)`` (N_max * B <= tokens),
+  ``batches_packed(name, tokens=16384)`` (varlen); ``cu_seqlens(ns)`` [B+1] int32. ``cached_conformers()``:
   360 real RDKit conformers (atomic numbers + coordinates) of PubChem324k molecules, for benchmarks that want
   real geometry without RDKit.
 * (environment.py) ``environment()``: device, driver, CUDA, torch, Triton, molm_fast version + build_info,
@@ -85,11 +88,23 @@ from typing import Any
 import torch
 
 from benchmarks.environment import PEAKS, environment, loadavg, peaks
-from benchmarks.sizes import CROP_ATOMS, cached_conformers, padded_coords, sample_sizes, size_mix, units
+from benchmarks.sizes import (
+    CROP_ATOMS,
+    batches_bucketed,
+    batches_packed,
+    batches_reference,
+    cached_conformers,
+    cu_seqlens,
+    padded_coords,
+    sample_sizes,
+    size_mix,
+    units,
+)
 
 __all__ = ["Case", "Run", "main", "table", "time_many", "time_fn", "with_grad", "with_backend", "molm_backends",
            "cache_bytes", "environment", "peaks", "PEAKS", "size_mix", "sample_sizes", "cached_conformers",
-           "padded_coords", "units", "CROP_ATOMS"]
+           "padded_coords", "units", "CROP_ATOMS", "batches_reference", "batches_bucketed", "batches_packed",
+           "cu_seqlens"]
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

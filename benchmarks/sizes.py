@@ -64,3 +64,44 @@ def units(ns: Sequence[int], *, headline: str = "molecules") -> dict[str, int]:
     u = {"molecules": len(ns), "tokens": sum(ns), "atoms": sum(max(n - 2, 0) for n in ns),
          "pairs": sum(n * n for n in ns)}
     return {headline: u.pop(headline)} | u
+
+
+# ---- the three batching policies of performance.md §9.3 over one pass of a size mix (token counts N) -----------
+def _epoch(name: str, seed: int) -> list[int]:
+    atoms = size_mix(name)
+    order = torch.randperm(len(atoms), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [min(atoms[i], CROP_ATOMS) + 2 for i in order]
+
+
+def batches_reference(name: str = "pubchem324k", B: int = 64, seed: int = 0) -> list[list[int]]:
+    """(a) reference: random order, B molecules per batch, each padded to its batch maximum."""
+    ns = _epoch(name, seed)
+    return [ns[i:i + B] for i in range(0, len(ns), B)]
+
+
+def batches_bucketed(name: str = "pubchem324k", width: int = 8, tokens: int = 16384, seed: int = 0) -> list[list[int]]:
+    """(b) length-bucketed: buckets of ``width`` atoms, B chosen per bucket so that N_max * B <= ``tokens``."""
+    buckets: dict[int, list[int]] = {}
+    for n in _epoch(name, seed):
+        buckets.setdefault((n - 2) // width, []).append(n)
+    out = []
+    for key in sorted(buckets):
+        ns = buckets[key]
+        B = max(1, tokens // (key * width + width - 1 + 2))
+        out += [ns[i:i + B] for i in range(0, len(ns), B)]
+    return out
+
+
+def batches_packed(name: str = "pubchem324k", tokens: int = 16384, seed: int = 0) -> list[list[int]]:
+    """(c) varlen packed: molecules in random order, a new batch whenever ``tokens`` real tokens would overflow."""
+    out: list[list[int]] = [[]]
+    for n in _epoch(name, seed):
+        if out[-1] and sum(out[-1]) + n > tokens:
+            out.append([])
+        out[-1].append(n)
+    return out
+
+
+def cu_seqlens(ns: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """[B + 1] int32 offsets of a packed batch (flash-attention's varlen convention)."""
+    return torch.tensor([0] + list(ns), dtype=torch.int64).cumsum(0).to(device=device, dtype=torch.int32)

@@ -160,3 +160,17 @@ def test_cuda_timing_peak_memory_and_roofline():
         if harness.peaks(r.device) is not None:
             assert 0 < rec["roofline_fraction"] and rec["roofline_bound"] in ("compute", "memory")
     assert harness.environment()["gpu"]["name"]
+
+
+def test_batching_policies_cover_the_mix_once_and_respect_their_budgets():
+    everything = sorted(min(a, harness.CROP_ATOMS) + 2 for a in harness.size_mix("pubchem324k"))
+    ref = harness.batches_reference("pubchem324k", B=64, seed=1)
+    bucketed = harness.batches_bucketed("pubchem324k", width=8, tokens=4096, seed=1)
+    packed = harness.batches_packed("pubchem324k", tokens=4096, seed=1)
+    for batches in (ref, bucketed, packed):
+        assert sorted(n for b in batches for n in b) == everything
+    assert all(len(b) == 64 for b in ref[:-1])
+    assert all(max(b) * len(b) <= 4096 and max(b) - min(b) < 8 for b in bucketed)
+    assert all(sum(b) <= 4096 or len(b) == 1 for b in packed)
+    assert harness.cu_seqlens([3, 1, 4]).tolist() == [0, 3, 4, 8]
+    assert harness.cu_seqlens([3]).dtype == torch.int32
