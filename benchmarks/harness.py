@@ -29,7 +29,8 @@ API (``h.<name>``; environment capture lives in environment.py and size mixes in
   ``r.is_cuda``. ``r.compare(case, {provider: fn}, inputs)`` times every ``fn(*inputs[i % len])``
   interleaved and appends one record per provider (``fn`` returning normally is all that is checked: parity
   lives in tests/); ``r.measure(case, provider, fn, inputs)`` is the one-provider form (prefer ``compare``:
-  interleaving keeps ratios honest on a loaded machine). ``r.skip(case, provider, reason)``
+  interleaving keeps ratios honest on a loaded machine). ``r.once(case, provider, fn)``: ONE timed call of
+  ``fn()`` for work that takes seconds (recorded with iters=1). ``r.skip(case, provider, reason)``
   records a provider that could not run (never silently dropped). ``r.rotated(make)`` calls ``make()`` often
   enough that the rotated input sets exceed the last-level cache. ``r.write()`` computes ratios, prints
   the table and writes ``benchmarks/results/<date>_<suite>_<device>_<commit>.json``. ``r.time_left()``: seconds
@@ -102,7 +103,7 @@ from benchmarks.sizes import (
 )
 
 __all__ = ["Case", "Run", "main", "table", "time_many", "time_fn", "with_grad", "with_backend", "molm_backends",
-           "cache_bytes", "environment", "peaks", "PEAKS", "size_mix", "sample_sizes", "cached_conformers",
+           "cache_bytes", "environment", "loadavg", "peaks", "PEAKS", "size_mix", "sample_sizes", "cached_conformers",
            "padded_coords", "units", "CROP_ATOMS", "batches_reference", "batches_bucketed", "batches_packed",
            "cu_seqlens"]
 
@@ -332,6 +333,24 @@ class Run:
     def measure(self, case: Case, provider: str, fn: Callable, inputs: Sequence[tuple], **kw: Any) -> dict[str, Any]:
         """``compare`` with one provider."""
         return self.compare(case, {provider: fn}, inputs, **kw)[0]
+
+    def once(self, case: Case, provider: str, fn: Callable[[], Any], notes: str | None = None) -> dict[str, Any]:
+        """ONE timed call (wall clock, synchronised) for work that takes seconds (conformer generation, a
+        whole epoch): recorded with ``iters=1`` and no warm-up, so the JSON says it is not a median of 20."""
+        if self.time_left() <= 0:
+            return self.skip(case, provider, "time budget of the suite used up before this measurement")
+        sync = (lambda: torch.cuda.synchronize(self.device)) if self.is_cuda else (lambda: None)
+        try:
+            sync()
+            t0 = time.perf_counter_ns()
+            fn()
+            sync()
+        except Exception as exc:  # recorded as skipped with its error
+            return self._record(case, provider, exc, notes)
+        ms = (time.perf_counter_ns() - t0) / 1e6
+        return self._record(case, provider, {"median_ms": ms, "p20_ms": ms, "p80_ms": ms, "min_ms": ms,
+                                             "first_call_ms": ms, "peak_mem_bytes": None, "iters": 1, "warmup": 0,
+                                             "rotations": 1, "interleaved_with": 0}, notes)
 
     def _record(self, case: Case, provider: str, t: dict[str, Any] | Exception, notes: str | None) -> dict[str, Any]:
         if isinstance(t, Exception):

@@ -68,6 +68,14 @@ def test_compare_interleaves_providers_and_keeps_going_past_a_failure():
     assert all({timed[i], timed[i + 1]} == {"r", "m"} for i in range(0, len(timed), 2))
 
 
+def test_once_records_a_single_timed_call():
+    calls = []
+    r = harness.Run("unit", device="cpu")
+    rec = r.once(_case(), "molm_fast:toy", lambda: calls.append(1))
+    assert calls == [1] and rec["iters"] == 1 and rec["median_ms"] >= 0
+    assert "ZeroDivisionError" in r.once(_case(), "broken", lambda: 1 / 0)["skipped"]
+
+
 def test_deadline_records_skips_instead_of_dropping():
     r = harness.Run("unit", device="cpu")
     r.deadline = 0.0
