@@ -28,7 +28,10 @@ def test_pairwise_distance_providers(benchmark, provider):
 def test_cpu_suite_runs_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_pairwise_distance, "GRID_QUICK", [(2, 5)])
     monkeypatch.setattr(bench_pairwise_distance, "MIX_BATCHES_QUICK", (3,))
-    assert run.discover(None)[0] == "pairwise_distance"
+    names = run.discover(None)
+    assert "pairwise_distance" in names and run.discover(["pairwise_distance"]) == ["pairwise_distance"]
+    known = [n for n in names if n in run.PRIORITY]
+    assert known == sorted(known, key=run.PRIORITY.index)
     assert run.main(["--suite", "cpu", "--quick", "--only", "pairwise_distance", "--out", str(tmp_path)]) == 0
     (path,) = tmp_path.glob("*_cpu_*.json")
     doc = json.loads(path.read_text())
