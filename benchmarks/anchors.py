@@ -5,6 +5,8 @@
   ``scaled_dot_product_attention(q, k, v, attn_mask=bias)`` for the output, with the SDPA backend PINNED
   through ``torch.nn.attention.sdpa_kernel`` (``default_sdpa_backend(device)``: EFFICIENT_ATTENTION on CUDA,
   the fused FLASH_ATTENTION CPU kernel on the CPU; also report CUDNN_ATTENTION on CUDA).
+* ``unimol_tools_attention(q, k, v, bias, ...)`` -- K-unicore: Uni-Mol's attention sub-op as unimol-tools runs it
+  (bmm, in-place += bias, clone, eager softmax_dropout, bmm), with unimol-tools' own ``softmax_dropout``.
 * ``unimol_tools_encoder(...)`` -- A-tools: unimol-tools' own Uni-Mol modules (``GaussianLayer``,
   ``NonLinearHead``, ``TransformerEncoderWithPair``) with random weights, run as ``UniMolModel.forward`` runs
   them (up to the encoder output). Raises ``AnchorUnavailable`` with the reason when unimol-tools is absent.
@@ -66,10 +68,10 @@ def _unimol_tools_modules() -> dict[str, Any]:
     definitions of the two layers (and their helpers) are executed. Nothing is copied into this repo.
     """
     try:
-        from unimol_tools.models.transformers import TransformerEncoderWithPair
+        from unimol_tools.models.transformers import TransformerEncoderWithPair, softmax_dropout
         from unimol_tools.models.unimol import GaussianLayer, NonLinearHead
 
-        return {"GaussianLayer": GaussianLayer, "NonLinearHead": NonLinearHead,
+        return {"GaussianLayer": GaussianLayer, "NonLinearHead": NonLinearHead, "softmax_dropout": softmax_dropout,
                 "TransformerEncoderWithPair": TransformerEncoderWithPair, "loaded": "package import"}
     except ImportError as exc:
         first_error = exc
@@ -89,8 +91,27 @@ def _unimol_tools_modules() -> dict[str, Any]:
     exec(compile(tree, str(models / "unimol.py"), "exec"), mod.__dict__)  # noqa: S102 -- unimol-tools' own code
     ns = mod.__dict__
     return {"GaussianLayer": ns["GaussianLayer"], "NonLinearHead": ns["NonLinearHead"],
-            "TransformerEncoderWithPair": tf.TransformerEncoderWithPair,
+            "TransformerEncoderWithPair": tf.TransformerEncoderWithPair, "softmax_dropout": tf.softmax_dropout,
             "loaded": f"model files without the package __init__ ({type(first_error).__name__}: {first_error})"}
+
+
+def unimol_tools_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, *,
+                           scale: float = 1.0, dropout_p: float = 0.0,
+                           training: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """K-unicore: the attention sub-op exactly as unimol-tools' ``SelfMultiheadAttention`` runs it with
+    ``return_attn=True`` (Uni-Mol's path): head-major copies, q scaled, ``bmm``, in-place ``+= bias``, its eager
+    ``softmax_dropout(..., inplace=False)`` (a clone), ``bmm``. q, k, v [B, H, N, D], bias [B, H, N, N] ->
+    (out [B, H, N, D], logits [B, H, N, N]). Uni-Core's fused kernels are not built here: the eager path is
+    what unimol-tools users run.
+    """
+    softmax_dropout = _unimol_tools_modules()["softmax_dropout"]
+    B, H, N, D = q.shape
+    q = q.contiguous().view(B * H, N, D) * scale  # [B*H, N, D]
+    k, v = k.contiguous().view(B * H, N, D), v.contiguous().view(B * H, N, D)
+    logits = torch.bmm(q, k.transpose(1, 2))  # [B*H, N, N]
+    logits += bias.reshape(B * H, N, N)
+    attn = softmax_dropout(logits, dropout_p, training, inplace=False)  # [B*H, N, N]
+    return torch.bmm(attn, v).view(B, H, N, D), logits.view(B, H, N, N)
 
 
 class UnimolToolsEncoder(nn.Module):

@@ -139,6 +139,19 @@ def test_sdpa_composite_matches_the_pair_bias_attention_math():
     assert_close_to_reference(out, torch.softmax(ref_logits, -1) @ v, name="out")
 
 
+def test_unimol_tools_attention_matches_the_pair_bias_attention_math():
+    B, H, N, D = 2, 4, 7, 8
+    q, k, v = (torch.randn(B, N, H, D).transpose(1, 2) for _ in range(3))  # non-contiguous views, as in the model
+    bias = torch.randn(B, H, N, N)
+    try:
+        out, logits = anchors.unimol_tools_attention(q, k, v, bias, scale=0.3)
+    except anchors.AnchorUnavailable as exc:
+        pytest.skip(f"unimol-tools anchor unavailable here: {exc}")
+    ref_logits = (q * 0.3) @ k.transpose(-1, -2) + bias  # [B, H, N, N]
+    assert_close_to_reference(logits, ref_logits, name="logits")
+    assert_close_to_reference(out, torch.softmax(ref_logits, -1) @ v, name="out")
+
+
 def test_unimol_tools_anchor_runs_or_says_why():
     try:
         model = anchors.unimol_tools_encoder(torch.device("cpu"), layers=1)
