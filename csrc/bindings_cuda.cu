@@ -11,6 +11,15 @@ PYBIND11_MODULE(_C_cuda, m) {
   m.attr("__version__") = MOLM_FAST_VERSION;
   m.attr("cuda_archs") = MOLM_FAST_CUDA_ARCHS;
 
+  m.def("gaussian_pair_bias_forward_cuda", &molm_fast::gaussian_pair_bias_forward_cuda,
+        "Fused Uni-Mol pair bias on the GPU, fp32 compute: (coords [T,3] f32, tokens [T] i64, cu_seqlens, cu_pairs, "
+        "work [tiles,2] i32 (packed) or 0s, mul, bias, means, stds, w1, b1, w2, b2 (f32 contiguous), out, tiles, N, "
+        "chunks, K, C, H, num_types, pad_idx, out_dtype, stream); tiles of 32 pairs.");
+  m.def("gaussian_pair_bias_backward_cuda", &molm_fast::gaussian_pair_bias_backward_cuda,
+        "Backward of gaussian_pair_bias_forward_cuda: (grad f32, the forward's inputs, d_coords, d_mul, d_bias, d_means, "
+        "d_stds, d_w1, d_b1, d_w2, d_b2 (zeroed f32, added to), tiles, N, chunks, K, C, H, num_types, pad_idx, stream); "
+        "tiles of 16 pairs.");
+
   m.def("pairwise_distance_forward_cuda", &molm_fast::pairwise_distance_forward_cuda,
         "out[b,i,j] = |x[b,i]-x[b,j]| for coords [B,N,3] (float32/float64) on the GPU; stream is a cudaStream_t int.",
         py::arg("coords"), py::arg("out"), py::arg("B"), py::arg("N"), py::arg("sxb"), py::arg("sxn"), py::arg("sxc"),

@@ -97,6 +97,7 @@ def _gaussian_pair_bias_forward_kernel(
     w1_ptr, b1_ptr, w2_ptr, b2_ptr, out_ptr, N, CHUNKS, K, C, H, NUM_TYPES, PAD_IDX,
     IS_VARLEN: tl.constexpr, BLOCK_P: tl.constexpr, NUM_BLOCKS: tl.constexpr, KP: tl.constexpr, CP: tl.constexpr,
     HP: tl.constexpr, CD: tl.constexpr, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, ROOT: tl.constexpr,
+    ACT_DTYPE: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     mean, std, w1, b1, w2, b2 = _load_params(means_ptr, stds_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, K, C, H, KP, CP,
@@ -107,9 +108,9 @@ def _gaussian_pair_bias_forward_kernel(
             coords_ptr, tokens_ptr, cu_seqlens_ptr, cu_pairs_ptr, mul_ptr, bias_ptr, work_ptr, pid, blk, N, CHUNKS,
             NUM_TYPES, PAD_IDX, IS_VARLEN, BLOCK_P, NUM_BLOCKS, CD)
         g, _ = _gaussians(x, mean, std, ROOT)  # [P, KP] in CD
-        g = g.to(w1_ptr.dtype.element_ty)  # upstream casts the Gaussians to the parameter dtype
+        g = g.to(ACT_DTYPE)  # upstream casts the Gaussians to the parameter dtype
         hid = _dot(g, tl.trans(w1), DOT_DTYPE, INPUT_PRECISION).to(CD) + b1[None, :]  # [P, CP]
-        act = _gelu(hid).to(w1_ptr.dtype.element_ty)
+        act = _gelu(hid).to(ACT_DTYPE)
         y = _dot(act, tl.trans(w2), DOT_DTYPE, INPUT_PRECISION).to(CD) + b2[None, :]  # [P, HP]
         y = tl.where(pad_j[:, None], float("-inf"), y)
         ptrs = out_ptr + H * block + h[None, :] * (n * n) + p[:, None]
@@ -123,6 +124,7 @@ def _gaussian_pair_bias_backward_kernel(
     d_w2_ptr, d_b2_ptr, N, CHUNKS, K, C, H, NUM_TYPES, PAD_IDX,
     IS_VARLEN: tl.constexpr, BLOCK_P: tl.constexpr, NUM_BLOCKS: tl.constexpr, KP: tl.constexpr, CP: tl.constexpr,
     HP: tl.constexpr, CD: tl.constexpr, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, ROOT: tl.constexpr,
+    ACT_DTYPE: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     mean, std, w1, b1, w2, b2 = _load_params(means_ptr, stds_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, K, C, H, KP, CP,
@@ -182,32 +184,31 @@ def _config(w1: torch.Tensor, coords: torch.Tensor, backward: bool):
     interpret = coords.device.type == "cpu"
     fp64 = w1.dtype == torch.float64
     cd = tl.float64 if fp64 else tl.float32
-    # The CPU interpreter's bf16 tl.dot is unreliable: multiply in fp32 there (same rounding of the inputs).
-    dot_dtype = cd if (fp64 or interpret or w1.dtype == torch.float32) else tl.bfloat16
+    # The CPU interpreter truncates when it converts to bf16 (the GPU rounds to nearest): there, the Gaussians and
+    # the activations stay in fp32, the dots multiply in fp32 and the glue rounds the output.
+    lowp = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}.get(w1.dtype)
+    dot_dtype = cd if (lowp is None or interpret) else lowp
+    act_dtype = cd if (lowp is None or interpret) else lowp
     block_p = 16 if interpret else (32 if backward else 64)
     num_blocks = 1 if interpret else 4
-    return dict(KP=next_power_of_2(K), CP=next_power_of_2(C), CD=cd, DOT_DTYPE=dot_dtype,
+    return dict(KP=next_power_of_2(K), CP=next_power_of_2(C), CD=cd, DOT_DTYPE=dot_dtype, ACT_DTYPE=act_dtype,
                 INPUT_PRECISION="ieee", ROOT=ROOT_2PI, BLOCK_P=block_p, NUM_BLOCKS=num_blocks)
 
 
-def _work(cu_seqlens, cu_pairs, B, N, per_program):
-    """(grid, work list [W, 2] int32 of (molecule, chunk) for packed batches, chunks per padded molecule)."""
-    if cu_seqlens is None:
-        chunks = triton.cdiv(N * N, per_program)
-        return B * chunks, None, chunks
-    chunks = (cu_pairs[1:] - cu_pairs[:-1] + per_program - 1) // per_program  # [B]
-    b = torch.repeat_interleave(torch.arange(B, device=chunks.device), chunks)
-    first = torch.repeat_interleave(torch.cumsum(chunks, 0) - chunks, chunks)
-    work = torch.stack([b, torch.arange(b.numel(), device=b.device) - first], 1).to(torch.int32).contiguous()
-    return work.shape[0], work, 1
+def pairs_per_program(coords: torch.Tensor, backward: bool) -> int:
+    """How many pairs one program takes (the glue builds the tile list from it)."""
+    cfg = _config(coords, coords, backward)
+    return cfg["BLOCK_P"] * cfg["NUM_BLOCKS"]
 
 
-def gaussian_pair_bias_forward_triton(coords, tokens, params, cu_seqlens, cu_pairs, B, N, out, num_types, pad_idx):
-    """coords [T, 3], tokens [T] int64, params contiguous; writes out (padded [B, H, N, N] or packed)."""
+def gaussian_pair_bias_forward_triton(coords, tokens, params, cu_seqlens, cu_pairs, tiles, N, out, num_types,
+                                      pad_idx):
+    """coords [T, 3], tokens [T] int64, params contiguous; tiles = (grid, work [W, 2] int32 or None, chunks per
+    padded molecule) for pairs_per_program(); writes out (padded [B, H, N, N] or packed)."""
     mul, bias, means, stds, w1, b1, w2, b2 = params
     cfg = _config(w1, coords, backward=False)
     H = w2.shape[0]
-    grid, work, chunks = _work(cu_seqlens, cu_pairs, B, N, cfg["BLOCK_P"] * cfg["NUM_BLOCKS"])
+    grid, work, chunks = tiles
     if grid == 0:
         return out
     _gaussian_pair_bias_forward_kernel[(grid,)](
@@ -217,13 +218,13 @@ def gaussian_pair_bias_forward_triton(coords, tokens, params, cu_seqlens, cu_pai
     return out
 
 
-def gaussian_pair_bias_backward_triton(grad, coords, tokens, params, cu_seqlens, cu_pairs, B, N, grads, num_types,
-                                       pad_idx):
+def gaussian_pair_bias_backward_triton(grad, coords, tokens, params, cu_seqlens, cu_pairs, tiles, N, grads,
+                                       num_types, pad_idx):
     """grads: zeroed [coords, mul, bias, means, stds, w1, b1, w2, b2] buffers in the compute dtype, added to."""
     mul, bias, means, stds, w1, b1, w2, b2 = params
     cfg = _config(w1, coords, backward=True)
     H = w2.shape[0]
-    grid, work, chunks = _work(cu_seqlens, cu_pairs, B, N, cfg["BLOCK_P"] * cfg["NUM_BLOCKS"])
+    grid, work, chunks = tiles
     if grid == 0:
         return grads
     _gaussian_pair_bias_backward_kernel[(grid,)](

@@ -167,32 +167,82 @@ def _backward_cpp(grad, coords, tokens, params, cu_seqlens, max_seqlen, num_type
     return [grads[0].view_as(coords), *grads[1:]]
 
 
-def _triton_inputs(coords, tokens, params, cu_seqlens):
+def _tiles(cu_seqlens, cu_pairs, B, N, per_tile):
+    """(tile count, work list [tiles, 2] int32 of (molecule, chunk) for packed batches else None, chunks per padded
+    molecule): the tiles of per_tile consecutive pairs that the Triton and CUDA kernels walk."""
+    if cu_seqlens is None:
+        chunks = -(-N * N // per_tile)
+        return B * chunks, None, chunks
+    chunks = (cu_pairs[1:] - cu_pairs[:-1] + per_tile - 1) // per_tile  # [B]
+    b = torch.repeat_interleave(torch.arange(B, device=chunks.device), chunks)  # [tiles]
+    first = torch.repeat_interleave(torch.cumsum(chunks, 0) - chunks, chunks)  # [tiles]
+    work = torch.stack([b, torch.arange(b.numel(), device=b.device) - first], 1).to(torch.int32).contiguous()
+    return work.shape[0], work, 1
+
+
+def _triton_inputs(coords, tokens, params, cu_seqlens, backward):
     """Triton takes the parameters in their own dtype (bf16 dots), coordinates in the compute dtype."""
+    from molm_fast.kernels.gaussian_pair_bias import pairs_per_program
+
     compute, xyz, tok, _, cu, cu_pairs, B, N, shape = _flat(coords, tokens, params, cu_seqlens)
-    return compute, xyz, tok, [p.contiguous() for p in params], cu, cu_pairs, B, N, shape
+    tiles = _tiles(cu, cu_pairs, B, N, pairs_per_program(xyz, backward))
+    return compute, xyz, tok, [p.contiguous() for p in params], cu, cu_pairs, tiles, N, shape
 
 
 def _forward_triton(coords, tokens, params, cu_seqlens, max_seqlen, num_types, pad_idx):
     from molm_fast.kernels.gaussian_pair_bias import gaussian_pair_bias_forward_triton
 
-    _, xyz, tok, flat, cu, cu_pairs, B, N, shape = _triton_inputs(coords, tokens, params, cu_seqlens)
-    out = torch.empty(shape, dtype=params[4].dtype, device=coords.device)
-    return gaussian_pair_bias_forward_triton(xyz, tok, flat, cu, cu_pairs, B, N, out, num_types, pad_idx)
+    compute, xyz, tok, flat, cu, cu_pairs, tiles, N, shape = _triton_inputs(coords, tokens, params, cu_seqlens, False)
+    interpret = coords.device.type == "cpu"  # the interpreter truncates to bf16: store fp32, round here
+    out = torch.empty(shape, dtype=compute if interpret else params[4].dtype, device=coords.device)
+    out = gaussian_pair_bias_forward_triton(xyz, tok, flat, cu, cu_pairs, tiles, N, out, num_types, pad_idx)
+    return out.to(params[4].dtype)
 
 
 def _backward_triton(grad, coords, tokens, params, cu_seqlens, max_seqlen, num_types, pad_idx):
     from molm_fast.kernels.gaussian_pair_bias import gaussian_pair_bias_backward_triton
 
-    compute, xyz, tok, flat, cu, cu_pairs, B, N, _ = _triton_inputs(coords, tokens, params, cu_seqlens)
+    compute, xyz, tok, flat, cu, cu_pairs, tiles, N, _ = _triton_inputs(coords, tokens, params, cu_seqlens, True)
     grads = [torch.zeros(t.shape, dtype=compute, device=t.device) for t in (xyz, *flat)]
-    gaussian_pair_bias_backward_triton(grad.contiguous(), xyz, tok, flat, cu, cu_pairs, B, N, grads, num_types,
+    gaussian_pair_bias_backward_triton(grad.contiguous(), xyz, tok, flat, cu, cu_pairs, tiles, N, grads, num_types,
                                        pad_idx)
     return [grads[0].view_as(coords), *grads[1:]]
 
 
-_FORWARD = {"reference": _forward_reference, "cpp": _forward_cpp, "triton": _forward_triton}
-_BACKWARD = {"reference": _backward_reference, "cpp": _backward_cpp, "triton": _backward_triton}
+CUDA_TILE = {False: 32, True: 16}  # pairs per tile of the forward / backward kernels (csrc/gaussian_pair_bias.cu)
+
+
+def _cuda_inputs(coords, tokens, params, cu_seqlens, backward):
+    if params[4].dtype == torch.float64:
+        raise TypeError(f"{OP}: the cuda backend computes in float32; use the triton or reference backend for float64")
+    _, xyz, tok, flat, cu, cu_pairs, B, N, shape = _flat(coords, tokens, params, cu_seqlens)
+    tiles, work, chunks = _tiles(cu, cu_pairs, B, N, CUDA_TILE[backward])
+    ptrs = [_ptr(t) for t in (xyz, tok, cu, cu_pairs, work, *flat)]  # the callers keep the tensors alive
+    return xyz, flat, ptrs, (tiles, N, chunks, *_sizes(params)), shape, (tok, cu, cu_pairs, work)
+
+
+def _forward_cuda(coords, tokens, params, cu_seqlens, max_seqlen, num_types, pad_idx):
+    xyz, flat, ptrs, sizes, shape, _alive = _cuda_inputs(coords, tokens, params, cu_seqlens, False)
+    dtype = params[4].dtype
+    out = torch.empty(shape, dtype=dtype, device=coords.device)
+    _backend.load_module("cuda").gaussian_pair_bias_forward_cuda(
+        *ptrs, out.data_ptr(), *sizes, num_types, pad_idx, _backend.dtype_code(out), _backend.cuda_stream(out.device))
+    return out
+
+
+def _backward_cuda(grad, coords, tokens, params, cu_seqlens, max_seqlen, num_types, pad_idx):
+    xyz, flat, ptrs, sizes, _, _alive = _cuda_inputs(coords, tokens, params, cu_seqlens, True)
+    grad = grad.float().contiguous()
+    grads = [torch.zeros_like(t) for t in (xyz, *flat)]
+    _backend.load_module("cuda").gaussian_pair_bias_backward_cuda(
+        grad.data_ptr(), *ptrs, *(g.data_ptr() for g in grads), *sizes, num_types, pad_idx,
+        _backend.cuda_stream(grad.device))
+    return [grads[0].view_as(coords), *grads[1:]]
+
+
+_FORWARD = {"reference": _forward_reference, "cpp": _forward_cpp, "triton": _forward_triton, "cuda": _forward_cuda}
+_BACKWARD = {"reference": _backward_reference, "cpp": _backward_cpp, "triton": _backward_triton,
+             "cuda": _backward_cuda}
 _backend.register(OP, _FORWARD)
 
 
