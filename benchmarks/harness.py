@@ -301,6 +301,7 @@ class Run:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(self.device)
         self.started = time.time()
+        environment()  # captured (and cached) now: the load average is the one at the start of the run
 
     @property
     def is_cuda(self) -> bool:
