@@ -73,7 +73,7 @@ def _unimol_tools_modules() -> dict[str, Any]:
 
         return {"GaussianLayer": GaussianLayer, "NonLinearHead": NonLinearHead, "softmax_dropout": softmax_dropout,
                 "TransformerEncoderWithPair": TransformerEncoderWithPair, "loaded": "package import"}
-    except ImportError as exc:
+    except Exception as exc:  # ImportError of its heavy dependencies, or whatever their import raises
         first_error = exc
     spec = importlib.util.find_spec("unimol_tools")
     if spec is None or not spec.submodule_search_locations:
