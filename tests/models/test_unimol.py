@@ -7,24 +7,20 @@ from pathlib import Path
 import pytest
 import torch
 
+from molm_fast.data.featurize import featurize_reference
 from molm_fast.models.config import UniMolConfig, paper
 from molm_fast.models.unimol import UniMolEncoder
 from tests.models.unimol_tools_model import build_unimol_tools_model
 from tests.utils import assert_close_to_reference
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-SYMBOLS = ["[PAD]", "[CLS]", "[SEP]", "[UNK]"] + (DATA / "3d-molm" / "unimol_dict.txt").read_text().split()[4:]
 
 
 def molecule_tensors(mol) -> tuple[torch.Tensor, torch.Tensor]:
-    """3D-MoLM featurisation of one RDKit conformer (spec §1.2): drop H, center, [CLS]/[SEP] at the origin."""
-    pos = torch.tensor(mol.GetConformer().GetPositions(), dtype=torch.float64)
-    heavy = [a.GetIdx() for a in mol.GetAtoms() if a.GetSymbol() != "H"]
-    syms = [mol.GetAtomWithIdx(i).GetSymbol() for i in heavy]
-    pos = pos[heavy] - pos[heavy].mean(0)
-    tokens = torch.tensor([1] + [SYMBOLS.index(s) if s in SYMBOLS else 3 for s in syms] + [2])
-    coords = torch.cat([torch.zeros(1, 3, dtype=torch.float64), pos, torch.zeros(1, 3, dtype=torch.float64)])
-    return tokens, coords
+    """3D-MoLM featurisation of one RDKit conformer (spec §1.2, ``molm_fast.data.featurize_reference``)."""
+    symbols = [a.GetSymbol() for a in mol.GetAtoms()]
+    tokens, coords = featurize_reference(symbols, mol.GetConformer().GetPositions())
+    return torch.from_numpy(tokens), torch.from_numpy(coords).double()
 
 
 def real_molecules() -> list[tuple[torch.Tensor, torch.Tensor]]:
