@@ -198,8 +198,9 @@ class QFormer(nn.Module):
             self.gtm_head = nn.Linear(cfg.hidden_size, 2)
         if cfg.llm_dim is not None:
             self.llm_proj = nn.Linear(cfg.hidden_size, cfg.llm_dim)
-        self.apply(self._init_bert)
-        self.query_tokens.data.normal_(0.0, cfg.initializer_range)
+        self.Qformer.apply(self._init_bert)  # the heads keep PyTorch's default Linear init, as upstream (§1.3)
+        if not self.query_tokens.is_meta:
+            self.query_tokens.data.normal_(0.0, cfg.initializer_range)
 
     def _init_bert(self, m: nn.Module) -> None:  # LAVIS/HF BERT init: N(0, 0.02), bias 0, LayerNorm 1/0
         if isinstance(m, nn.Linear | nn.Embedding) and not m.weight.is_meta:

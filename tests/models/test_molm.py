@@ -80,3 +80,19 @@ def test_encoder_fast_backend_matches_reference(backend):
         with use_backend(backend):
             out = model.query_states(tokens, coords)
     assert_close_to_reference(out, ref, name=f"query states under {backend}")
+
+
+@pytest.mark.gpu
+def test_cuda_model_matches_cpu_reference():
+    """The tiny model on CUDA (automatic backends) == the same weights on CPU under the reference backend, fp32."""
+    model = molm_fast.MoLM(tiny()).eval()
+    tokens, coords = molecules([1, 6, 13, 30], 32)
+    with torch.no_grad():
+        with use_backend("reference"):
+            ref = model.query_states(tokens, coords)
+            ref_states, _ = model.encode_molecules(tokens, coords)
+        model.cuda()
+        out = model.query_states(tokens.cuda(), coords.cuda())
+        states, _ = model.encode_molecules(tokens.cuda(), coords.cuda())
+    assert_close_to_reference(states, ref_states, name="Uni-Mol states on CUDA")
+    assert_close_to_reference(out, ref, name="query states on CUDA")
