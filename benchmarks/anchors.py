@@ -191,8 +191,8 @@ def llama_lora(config: Any, device: torch.device, dtype: torch.dtype = torch.bfl
 
     cfg = config if isinstance(config, LlamaConfig) else LlamaConfig(**config)
     cfg._attn_implementation = attn_implementation
-    with torch.device(device):
-        model = LlamaForCausalLM(cfg).to(dtype)
+    with torch.device(device):  # built on the device in ``dtype`` directly (7B: no fp32 copy on the host)
+        model = LlamaForCausalLM._from_config(cfg, dtype=dtype)
     lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(LORA_TARGETS),
                       task_type="CAUSAL_LM")
     return get_peft_model(model, lora)

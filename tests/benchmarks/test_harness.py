@@ -195,3 +195,19 @@ def test_batching_policies_cover_the_mix_once_and_respect_their_budgets():
     assert all(sum(b) <= 4096 or len(b) == 1 for b in packed)
     assert harness.cu_seqlens([3, 1, 4]).tolist() == [0, 3, 4, 8]
     assert harness.cu_seqlens([3]).dtype == torch.int32
+
+
+def test_hf_anchor_builders_run_a_step_at_tiny_sizes():
+    cpu = torch.device("cpu")
+    llm = anchors.llama_lora(dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                  num_key_value_heads=2, vocab_size=50), cpu, torch.float32)
+    trainable = [n for n, p in llm.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert {t for t in anchors.LORA_TARGETS if any(f".{t}." in n for n in trainable)} == set(anchors.LORA_TARGETS)
+    ids = torch.randint(0, 50, (2, 5))
+    llm(input_ids=ids, labels=ids).loss.backward()
+    qformer = anchors.blip2_qformer(cpu)
+    with torch.no_grad():
+        out = qformer(query_embeds=torch.randn(2, 8, 768), encoder_hidden_states=torch.randn(2, 6, 512),
+                      encoder_attention_mask=torch.ones(2, 6, dtype=torch.long))
+    assert out.last_hidden_state.shape == (2, 8, 768)
