@@ -163,14 +163,14 @@ def unimol_inputs(ns: list[int], device: torch.device, num_types: int = 31, pad_
 
 # ---- Q-ref: transformers' Blip2QFormerModel --------------------------------------------------------------------
 def blip2_qformer(device: torch.device, dtype: torch.dtype = torch.float32, *, encoder_hidden_size: int = 512,
-                  attn_implementation: str = "eager") -> nn.Module:
+                  attn_implementation: str = "eager", layers: int = 12) -> nn.Module:
     """BERT-base Q-Former with cross-attention every 2nd layer over 512-d Uni-Mol states (3D-MoLM sizes).
 
     Call as ``model(query_embeds=[B, Q, 768], encoder_hidden_states=[B, N, 512], encoder_attention_mask=[B, N])``.
     """
     from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
-    cfg = Blip2QFormerConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+    cfg = Blip2QFormerConfig(hidden_size=768, num_hidden_layers=layers, num_attention_heads=12, intermediate_size=3072,
                              cross_attention_frequency=2, encoder_hidden_size=encoder_hidden_size)
     cfg._attn_implementation = attn_implementation
     return Blip2QFormerModel(cfg).to(device=device, dtype=dtype).eval()

@@ -206,7 +206,7 @@ def test_hf_anchor_builders_run_a_step_at_tiny_sizes():
     assert {t for t in anchors.LORA_TARGETS if any(f".{t}." in n for n in trainable)} == set(anchors.LORA_TARGETS)
     ids = torch.randint(0, 50, (2, 5))
     llm(input_ids=ids, labels=ids).loss.backward()
-    qformer = anchors.blip2_qformer(cpu)
+    qformer = anchors.blip2_qformer(cpu, layers=2)
     with torch.no_grad():
         out = qformer(query_embeds=torch.randn(2, 8, 768), encoder_hidden_states=torch.randn(2, 6, 512),
                       encoder_attention_mask=torch.ones(2, 6, dtype=torch.long))
