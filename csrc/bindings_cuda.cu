@@ -13,7 +13,8 @@ PYBIND11_MODULE(_C_cuda, m) {
 
   m.def("gaussian_pair_bias_forward_cuda", &molm_fast::gaussian_pair_bias_forward_cuda,
         "Fused Uni-Mol pair bias on the GPU, fp32 compute: (coords [T,3] f32, tokens [T] i64, cu_seqlens, cu_pairs, "
-        "work [tiles,2] i32 (packed) or 0s, mul, bias, means, stds, w1, b1, w2, b2 (f32 contiguous), out, tiles, N, "
+        "work [tiles,2] i32 (packed) or 0s, mul, bias, means, stds, w1, b1, w2, b2, w1t [K,C], w2t [C,H] (f32 "
+        "contiguous), out, tiles, N, "
         "chunks, K, C, H, num_types, pad_idx, out_dtype, stream); tiles of 32 pairs.");
   m.def("gaussian_pair_bias_backward_cuda", &molm_fast::gaussian_pair_bias_backward_cuda,
         "Backward of gaussian_pair_bias_forward_cuda: (grad f32, the forward's inputs, d_coords, d_mul, d_bias, d_means, "

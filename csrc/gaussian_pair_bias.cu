@@ -26,6 +26,7 @@ constexpr float kRoot2Pi = 2.5066272f;  // sqrt(2 * 3.14159): upstream's literal
 
 struct Problem {
   const float *coords, *mul, *bias, *means, *stds, *w1, *b1, *w2, *b2;  // w1 [C, K], w2 [H, C]
+  const float *w1t, *w2t;  // w1t [K, C], w2t [C, H]: the same weights transposed, for coalesced column reads
   const int64_t* tokens;
   const int32_t *cu_seqlens, *work;  // packed: cu_seqlens [B + 1], work [tiles, 2] = (molecule, chunk)
   const int64_t* cu_pairs;
@@ -97,7 +98,7 @@ template <int TP>
 __device__ void hidden_column(const Problem& pr, const float* g, int64_t c, float (&acc)[TP]) {
   for (int q = 0; q < TP; ++q) acc[q] = pr.b1[c];
   for (int64_t k = 0; k < pr.K; ++k) {
-    const float w = __ldg(pr.w1 + c * pr.K + k);
+    const float w = __ldg(pr.w1t + k * pr.C + c);
     for (int q = 0; q < TP; ++q) acc[q] += g[q * pr.K + k] * w;
   }
 }
@@ -128,7 +129,7 @@ __global__ void __launch_bounds__(kThreads) gaussian_pair_bias_forward_kernel(Pr
     float acc[TP / 2];
     for (int q = 0; q < TP / 2; ++q) acc[q] = pr.b2[h];
     for (int64_t c = 0; c < pr.C; ++c) {
-      const float wv = __ldg(pr.w2 + h * pr.C + c);
+      const float wv = __ldg(pr.w2t + c * pr.H + h);
       for (int q = 0; q < TP / 2; ++q) acc[q] += act[(q0 + q) * pr.C + c] * wv;
     }
     for (int q = 0; q < TP / 2; ++q) y[(q0 + q) * pr.H + h] = acc[q];
@@ -256,14 +257,15 @@ __global__ void __launch_bounds__(kThreads) gaussian_pair_bias_backward_kernel(P
 
 Problem make_problem(uintptr_t coords, uintptr_t tokens, uintptr_t cu_seqlens, uintptr_t cu_pairs, uintptr_t work,
                      uintptr_t mul, uintptr_t bias, uintptr_t means, uintptr_t stds, uintptr_t w1, uintptr_t b1,
-                     uintptr_t w2, uintptr_t b2, int64_t N, int64_t chunks, int64_t K, int64_t C, int64_t H,
-                     int64_t num_types, int64_t pad_idx, const char* op) {
-  for (uintptr_t ptr : {coords, tokens, mul, bias, means, stds, w1, b1, w2, b2}) MOLM_CHECK_PTR(ptr, op, "a tensor");
+                     uintptr_t w2, uintptr_t b2, uintptr_t w1t, uintptr_t w2t, int64_t N, int64_t chunks, int64_t K,
+                     int64_t C, int64_t H, int64_t num_types, int64_t pad_idx, const char* op) {
+  for (uintptr_t ptr : {coords, tokens, mul, bias, means, stds, w1, b1, w2, b2, w1t, w2t})
+    MOLM_CHECK_PTR(ptr, op, "a tensor");
   MOLM_CHECK((cu_seqlens == 0) == (work == 0) && (work == 0) == (cu_pairs == 0), op,
              "cu_seqlens, cu_pairs and work must be given together");
   MOLM_CHECK(K > 0 && C > 0 && H > 0, op, "K, C, H must be positive, got ", K, ", ", C, ", ", H);
   auto f = [](uintptr_t p) { return reinterpret_cast<const float*>(p); };
-  return Problem{f(coords), f(mul), f(bias), f(means), f(stds), f(w1), f(b1), f(w2), f(b2),
+  return Problem{f(coords), f(mul), f(bias), f(means), f(stds), f(w1), f(b1), f(w2), f(b2), f(w1t), f(w2t),
                  reinterpret_cast<const int64_t*>(tokens), reinterpret_cast<const int32_t*>(cu_seqlens),
                  reinterpret_cast<const int32_t*>(work), reinterpret_cast<const int64_t*>(cu_pairs),
                  N, chunks, K, C, H, num_types, pad_idx};
@@ -283,8 +285,8 @@ void set_shared_memory(Kernel kernel, size_t bytes, const char* op) {
 
 void gaussian_pair_bias_forward_cuda(uintptr_t coords, uintptr_t tokens, uintptr_t cu_seqlens, uintptr_t cu_pairs,
                                      uintptr_t work, uintptr_t mul, uintptr_t bias, uintptr_t means, uintptr_t stds,
-                                     uintptr_t w1, uintptr_t b1, uintptr_t w2, uintptr_t b2, uintptr_t out,
-                                     int64_t tiles, int64_t N, int64_t chunks, int64_t K, int64_t C, int64_t H,
+                                     uintptr_t w1, uintptr_t b1, uintptr_t w2, uintptr_t b2, uintptr_t w1t,
+                                     uintptr_t w2t, uintptr_t out, int64_t tiles, int64_t N, int64_t chunks, int64_t K, int64_t C, int64_t H,
                                      int64_t num_types, int64_t pad_idx, int out_dtype, uintptr_t stream) {
   const char* op = "gaussian_pair_bias_forward_cuda";
   MOLM_CHECK_NONNEG(tiles, op, "tiles");
@@ -292,7 +294,7 @@ void gaussian_pair_bias_forward_cuda(uintptr_t coords, uintptr_t tokens, uintptr
   MOLM_CHECK(tiles <= 2147483647, op, "too many tiles: ", tiles);
   MOLM_CHECK_PTR(out, op, "out");
   const Problem pr = make_problem(coords, tokens, cu_seqlens, cu_pairs, work, mul, bias, means, stds, w1, b1, w2, b2,
-                                  N, chunks, K, C, H, num_types, pad_idx, op);
+                                  w1t, w2t, N, chunks, K, C, H, num_types, pad_idx, op);
   const size_t bytes = sizeof(float) * kTileForward * (K + C + H);
   auto s = reinterpret_cast<cudaStream_t>(stream);
   const dim3 grid(static_cast<unsigned>(tiles));
@@ -315,7 +317,7 @@ void gaussian_pair_bias_forward_cuda(uintptr_t coords, uintptr_t tokens, uintptr
 void gaussian_pair_bias_backward_cuda(uintptr_t grad, uintptr_t coords, uintptr_t tokens, uintptr_t cu_seqlens,
                                       uintptr_t cu_pairs, uintptr_t work, uintptr_t mul, uintptr_t bias,
                                       uintptr_t means, uintptr_t stds, uintptr_t w1, uintptr_t b1, uintptr_t w2,
-                                      uintptr_t b2, uintptr_t d_coords, uintptr_t d_mul, uintptr_t d_bias,
+                                      uintptr_t b2, uintptr_t w1t, uintptr_t w2t, uintptr_t d_coords, uintptr_t d_mul, uintptr_t d_bias,
                                       uintptr_t d_means, uintptr_t d_stds, uintptr_t d_w1, uintptr_t d_b1,
                                       uintptr_t d_w2, uintptr_t d_b2, int64_t tiles, int64_t N, int64_t chunks,
                                       int64_t K, int64_t C, int64_t H, int64_t num_types, int64_t pad_idx,
@@ -327,7 +329,7 @@ void gaussian_pair_bias_backward_cuda(uintptr_t grad, uintptr_t coords, uintptr_
   for (uintptr_t ptr : {d_coords, d_mul, d_bias, d_means, d_stds, d_w1, d_b1, d_w2, d_b2})
     MOLM_CHECK_PTR(ptr, op, "a gradient");
   const Problem pr = make_problem(coords, tokens, cu_seqlens, cu_pairs, work, mul, bias, means, stds, w1, b1, w2, b2,
-                                  N, chunks, K, C, H, num_types, pad_idx, op);
+                                  w1t, w2t, N, chunks, K, C, H, num_types, pad_idx, op);
   auto f = [](uintptr_t p) { return reinterpret_cast<float*>(p); };
   const Grads gr{f(d_coords), f(d_mul), f(d_bias), f(d_means), f(d_stds), f(d_w1), f(d_b1), f(d_w2), f(d_b2)};
   const size_t bytes = sizeof(float) * (K * C + H * C + 2 * K + C + H + kTileBackward * (K + 2 * C + H));

@@ -8,13 +8,13 @@ namespace molm_fast {
 // gaussian_pair_bias.cu
 void gaussian_pair_bias_forward_cuda(uintptr_t coords, uintptr_t tokens, uintptr_t cu_seqlens, uintptr_t cu_pairs,
                                      uintptr_t work, uintptr_t mul, uintptr_t bias, uintptr_t means, uintptr_t stds,
-                                     uintptr_t w1, uintptr_t b1, uintptr_t w2, uintptr_t b2, uintptr_t out,
-                                     int64_t tiles, int64_t N, int64_t chunks, int64_t K, int64_t C, int64_t H,
+                                     uintptr_t w1, uintptr_t b1, uintptr_t w2, uintptr_t b2, uintptr_t w1t,
+                                     uintptr_t w2t, uintptr_t out, int64_t tiles, int64_t N, int64_t chunks, int64_t K, int64_t C, int64_t H,
                                      int64_t num_types, int64_t pad_idx, int out_dtype, uintptr_t stream);
 void gaussian_pair_bias_backward_cuda(uintptr_t grad, uintptr_t coords, uintptr_t tokens, uintptr_t cu_seqlens,
                                       uintptr_t cu_pairs, uintptr_t work, uintptr_t mul, uintptr_t bias,
                                       uintptr_t means, uintptr_t stds, uintptr_t w1, uintptr_t b1, uintptr_t w2,
-                                      uintptr_t b2, uintptr_t d_coords, uintptr_t d_mul, uintptr_t d_bias,
+                                      uintptr_t b2, uintptr_t w1t, uintptr_t w2t, uintptr_t d_coords, uintptr_t d_mul, uintptr_t d_bias,
                                       uintptr_t d_means, uintptr_t d_stds, uintptr_t d_w1, uintptr_t d_b1,
                                       uintptr_t d_w2, uintptr_t d_b2, int64_t tiles, int64_t N, int64_t chunks,
                                       int64_t K, int64_t C, int64_t H, int64_t num_types, int64_t pad_idx,

@@ -217,8 +217,9 @@ def _cuda_inputs(coords, tokens, params, cu_seqlens, backward):
         raise TypeError(f"{OP}: the cuda backend computes in float32; use the triton or reference backend for float64")
     _, xyz, tok, flat, cu, cu_pairs, B, N, shape = _flat(coords, tokens, params, cu_seqlens)
     tiles, work, chunks = _tiles(cu, cu_pairs, B, N, CUDA_TILE[backward])
-    ptrs = [_ptr(t) for t in (xyz, tok, cu, cu_pairs, work, *flat)]  # the callers keep the tensors alive
-    return xyz, flat, ptrs, (tiles, N, chunks, *_sizes(params)), shape, (tok, cu, cu_pairs, work)
+    transposed = [flat[4].t().contiguous(), flat[6].t().contiguous()]  # w1t [K, C], w2t [C, H]
+    ptrs = [_ptr(t) for t in (xyz, tok, cu, cu_pairs, work, *flat, *transposed)]  # the callers keep them alive
+    return xyz, flat, ptrs, (tiles, N, chunks, *_sizes(params)), shape, (tok, cu, cu_pairs, work, transposed)
 
 
 def _forward_cuda(coords, tokens, params, cu_seqlens, max_seqlen, num_types, pad_idx):
