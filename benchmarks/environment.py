@@ -100,3 +100,33 @@ def peaks(device: torch.device) -> dict[str, Any] | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAKS.items() if k in name), None)
+
+
+def calibrate(device: torch.device, seconds: float = 0.5) -> dict[str, Any]:
+    """What this machine does right now: a large matmul (bf16 on CUDA, fp32 on CPU) and a device-to-device copy,
+    each the best of a few repeats within ``seconds``. Context for the run (load, clocks), NOT the roofline peaks."""
+    import time
+
+    cuda = device.type == "cuda"
+    dtype, n = (torch.bfloat16, 8192) if cuda else (torch.float32, 1024)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    src = torch.empty(256 << 20 if cuda else 64 << 20, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+
+    def best(fn) -> float:
+        fn()
+        sync()
+        out, end = float("inf"), time.perf_counter() + seconds / 2
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            fn()
+            sync()
+            out = min(out, time.perf_counter() - t)
+        return out
+
+    gemm = best(lambda: a @ a)
+    copy = best(lambda: dst.copy_(src))
+    return {"matmul_dtype": str(dtype).removeprefix("torch."), "matmul_n": n,
+            "matmul_tflops": 2 * n**3 / gemm / 1e12, "copy_gbps_read_plus_write": 2 * src.numel() / copy / 1e9,
+            "note": "measured at the start of this run; context only (roofline fractions use PEAKS)"}

@@ -83,6 +83,10 @@ def summary(runs: list[tuple[str, dict]]) -> str:
         for key in ("gpu_build", "gpu_tests"):
             if key in doc:
                 out.append(f"- {key}: rc {doc[key]['rc']}, {doc[key]['seconds']} s {doc[key].get('counts', '')}")
+        if "calibration" in doc:
+            c = doc["calibration"]
+            out.append(f"- calibration at start: {c['matmul_dtype']} matmul {c['matmul_tflops']:.3g} TFLOP/s, copy "
+                       f"{c['copy_gbps_read_plus_write']:.4g} GB/s (read + write); context, not the roofline peaks")
         if "module_seconds" in doc:
             out.append("- seconds per bench module: " + ", ".join(f"{k} {v}" for k, v in doc["module_seconds"].items()))
         by_op: dict[str, list[dict]] = defaultdict(list)

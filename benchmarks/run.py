@@ -107,12 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     from benchmarks import harness as h
+    from benchmarks.environment import calibrate
 
     if args.suite == "gpu" and not torch.cuda.is_available():
         print("benchmarks.run: --suite gpu needs a CUDA device", file=sys.stderr)
         return 2
     r = h.Run(args.suite, device="cuda" if args.suite == "gpu" else "cpu", quick=args.quick)
-    r.extra = extra
+    r.extra = extra | {"calibration": calibrate(r.device)}
     names = discover([n for n in args.only.split(",") if n] or None)
     for i, name in enumerate(names):
         left = start + budget - time.time()

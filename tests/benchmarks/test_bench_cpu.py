@@ -5,6 +5,8 @@ Speed is recorded by pytest-benchmark, never asserted. The suite runner is exerc
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 
 import pytest
@@ -43,3 +45,11 @@ def test_cpu_suite_runs_end_to_end(tmp_path, monkeypatch):
     assert len(mix) == len(PROVIDERS)
     assert all(r["units"]["tokens"] == sum(ns) and r["units"]["atoms"] == sum(ns) - 6 for r in mix)
     assert all(r["shapes"] == {"B": 3, "N": max(ns)} for r in mix)
+
+
+@pytest.mark.parametrize("name", run.discover(None))
+def test_every_bench_module_follows_the_pattern(name):
+    """Each benchmarks/bench_<name>.py imports without a GPU and exposes run(r: harness.Run) (harness.py docstring)."""
+    module = importlib.import_module(f"benchmarks.bench_{name}")
+    assert callable(getattr(module, "run", None)), f"benchmarks/bench_{name}.py must define run(r: harness.Run)"
+    assert inspect.signature(module.run).parameters, f"bench_{name}.run must take the harness.Run"
