@@ -59,6 +59,12 @@ def _headline(r: dict) -> str:
     return f"{_f(per_s, '.3g')} {unit.removesuffix('_per_s')}/s" if per_s is not None else "–"
 
 
+def _achieved(r: dict) -> str:
+    parts = [f"{r['achieved_tflops']:.3g} TFLOP/s" if r.get("achieved_tflops") else "",
+             f"{r['achieved_gbps']:.3g} GB/s" if r.get("achieved_gbps") else ""]
+    return " · ".join(p for p in parts if p) or "–"
+
+
 def _env_lines(name: str, doc: dict) -> list[str]:
     e = doc["environment"]
     cpu = e.get("cpu", {})
@@ -94,14 +100,14 @@ def summary(runs: list[tuple[str, dict]]) -> str:
             by_op[r["op"]].append(r)
         for op, recs in by_op.items():
             out += ["", f"### {op}", "", "| pass | shape | dtype | provider | median ms | p20–p80 ms | throughput "
-                    "| × reference | roofline |", "|---|---|---|---|---:|---:|---:|---:|---:|"]
+                    "| achieved | × reference | roofline |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
             skipped = []
             for r in sorted(recs, key=lambda r: (r["case"], r["provider"] != "reference", r["provider"])):
                 if "skipped" in r:
                     skipped.append(f"- {r['provider']} @ {_shape(r)}: {r['skipped']}")
                     continue
                 out.append(f"| {r['pass']} | {_shape(r)} | {r['dtype']} | {r['provider']} | {r['median_ms']:.4f} | "
-                           f"{r['p20_ms']:.4f}–{r['p80_ms']:.4f} | {_headline(r)} | "
+                           f"{r['p20_ms']:.4f}–{r['p80_ms']:.4f} | {_headline(r)} | {_achieved(r)} | "
                            f"{_f(r.get('speedup_vs_reference'), '.2f')} | {_f(r.get('roofline_fraction'), '.1%')} |")
             out += ["", "Skipped:", *skipped] if skipped else []
         out.append("")
