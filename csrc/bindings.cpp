@@ -1,6 +1,7 @@
 // The only PYBIND11_MODULE of molm_fast._C: one def and docstring per entry, no logic.
 // Entries take raw data pointers (int), sizes and strides in elements; molm_fast/ops/<op>.py passes them.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include "ops.h"
 
@@ -19,6 +20,20 @@ PYBIND11_MODULE(_C, m) {
   m.def("gaussian_pair_bias_backward_cpu", &molm_fast::gaussian_pair_bias_backward_cpu,
         "Backward of gaussian_pair_bias_forward_cpu: (grad, the forward's inputs, d_coords, d_mul, d_bias, d_means, "
         "d_stds, d_w1, d_b1, d_w2, d_b2, B, N, T, K, C, H, num_types, pad_idx, dtype); everything in the compute dtype.");
+
+  m.def("pair_bias_attention_forward_cpu", &molm_fast::pair_bias_attention_forward_cpu,
+        "logits = (q*scale) k^T + bias, out = dropout(softmax(logits)) v, row LSE; padded [B,H,N,*] or packed "
+        "(cu_seqlens != 0); strides: 4 each for q, k, v, out, bias.",
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("bias"), py::arg("out"), py::arg("logits"), py::arg("lse"),
+        py::arg("cu_seqlens"), py::arg("B"), py::arg("H"), py::arg("N"), py::arg("D"), py::arg("strides"),
+        py::arg("scale"), py::arg("dropout_p"), py::arg("seed"), py::arg("dtype"));
+  m.def("pair_bias_attention_backward_cpu", &molm_fast::pair_bias_attention_backward_cpu,
+        "dq, dk, dv, dbias (= dlogits incl. grad_logits, may be 0) from bias + LSE; strides: 4 each for q, k, v, "
+        "out, bias, grad_out, dq, dk, dv.",
+        py::arg("grad_out"), py::arg("grad_logits"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("bias"),
+        py::arg("out"), py::arg("lse"), py::arg("dq"), py::arg("dk"), py::arg("dv"), py::arg("dbias"),
+        py::arg("cu_seqlens"), py::arg("B"), py::arg("H"), py::arg("N"), py::arg("D"), py::arg("strides"),
+        py::arg("scale"), py::arg("dropout_p"), py::arg("seed"), py::arg("dtype"));
 
   m.def("pairwise_distance_forward_cpu", &molm_fast::pairwise_distance_forward_cpu,
         "out[b,i,j] = |x[b,i]-x[b,j]| for coords [B,N,3] (float32/float64), out [B,N,N] same dtype.",

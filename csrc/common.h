@@ -57,6 +57,49 @@ inline uint16_t float_to_bf16(float f) {
   return static_cast<uint16_t>(bits >> 16);
 }
 
+#ifdef __CUDACC__
+#define MOLM_HOST_DEVICE __host__ __device__
+#else
+#define MOLM_HOST_DEVICE
+#endif
+
+// Philox4x32-10 uniform in [0, 1), bit-identical to Triton's tl.rand(seed, offset) and to
+// molm_fast/ops/_random.py::philox_uniform: every backend's dropout draws the same mask from the same seed.
+MOLM_HOST_DEVICE inline float philox_uniform(uint64_t seed, uint64_t offset) {
+  uint32_t c0 = static_cast<uint32_t>(offset), c1 = static_cast<uint32_t>(offset >> 32), c2 = 0, c3 = 0;
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int r = 0; r < 10; ++r) {
+    const uint64_t pb = static_cast<uint64_t>(0xCD9E8D57u) * c2, pa = static_cast<uint64_t>(0xD2511F53u) * c0;
+    const uint32_t n0 = static_cast<uint32_t>(pb >> 32) ^ c1 ^ k0, n2 = static_cast<uint32_t>(pa >> 32) ^ c3 ^ k1;
+    c1 = static_cast<uint32_t>(pb), c3 = static_cast<uint32_t>(pa), c0 = n0, c2 = n2;
+    k0 += 0x9E3779B9u, k1 += 0xBB67AE85u;
+  }
+  int32_t x = static_cast<int32_t>(c0);
+  x = x < 0 ? ~x : x;
+  return static_cast<float>(x) * 4.6566127342e-10f;
+}
+
+#ifndef __CUDACC__
+// exp for float without libm calls, so loops vectorise: Cody-Waite reduction + cephes' degree-6 polynomial
+// (~2 ulp); exactly 0 below -87.3 (so exp(-inf) = 0), clamped at 88.
+inline float fast_exp(float x) {
+  const bool tiny = x < -87.3f;
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const float e = p * __builtin_bit_cast(float, (static_cast<int>(n) + 127) << 23);
+  return tiny ? 0.0f : e;
+}
+#endif
+
 // Strides are in elements, as torch reports them.
 struct Strides3 {
   int64_t s0, s1, s2;

@@ -1,6 +1,7 @@
 // Declarations of every CPU entry bound in bindings.cpp. One block per op, in the op's own file's order.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 namespace molm_fast {
 
@@ -20,6 +21,17 @@ void gaussian_pair_bias_backward_cpu(uintptr_t grad, uintptr_t coords, uintptr_t
                                      uintptr_t d_stds, uintptr_t d_w1, uintptr_t d_b1, uintptr_t d_w2, uintptr_t d_b2,
                                      int64_t B, int64_t N, int64_t T, int64_t K, int64_t C, int64_t H,
                                      int64_t num_types, int64_t pad_idx, int dtype);
+
+// pair_bias_attention_cpu.cpp
+void pair_bias_attention_forward_cpu(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t bias, uintptr_t out,
+                                     uintptr_t logits, uintptr_t lse, uintptr_t cu_seqlens, int64_t B, int64_t H,
+                                     int64_t N, int64_t D, const std::vector<int64_t>& strides, double scale,
+                                     double dropout_p, uint64_t seed, int dtype);
+void pair_bias_attention_backward_cpu(uintptr_t grad_out, uintptr_t grad_logits, uintptr_t q, uintptr_t k,
+                                      uintptr_t v, uintptr_t bias, uintptr_t out, uintptr_t lse, uintptr_t dq,
+                                      uintptr_t dk, uintptr_t dv, uintptr_t dbias, uintptr_t cu_seqlens, int64_t B,
+                                      int64_t H, int64_t N, int64_t D, const std::vector<int64_t>& strides,
+                                      double scale, double dropout_p, uint64_t seed, int dtype);
 
 // pairwise_distance_cpu.cpp
 void pairwise_distance_forward_cpu(uintptr_t coords, uintptr_t out, int64_t B, int64_t N, int64_t sxb, int64_t sxn,

@@ -6,8 +6,9 @@
 Padded: q, k, v logical [B, H, N, D] (any strides), bias [B, H, N, N] -> out [B, H, N, D] (stored as [B, N, H, D],
 so out.transpose(1, 2).reshape(B, N, H * D) is free), logits [B, H, N, N] contiguous. Packed (cu_seqlens [B+1]
 int32): q, k, v [T, H, D], bias/logits 1-D packed pair tensors (molecule b's [H, n_b, n_b] block at H*cu_pairs[b]),
-out [T, H, D]. Saved for backward: q, k, v, logits, out and the row log-sum-exp ([B, H, N] or [T, H]; fp32, fp64
-for fp64 inputs); the softmax is recomputed from logits and LSE and the dropout mask regenerated from its Philox seed
+out [T, H, D]. Saved for backward: q, k, v, bias (the previous layer's logits, kept anyway), out and the row
+log-sum-exp ([B, H, N] or [T, H]; fp32, fp64 for fp64 inputs); the softmax is recomputed in fp32 from q k^T + bias and
+the LSE (exactly the forward's, also for bf16), never stored, and the dropout mask regenerated from its Philox seed
 (molm_fast/ops/_random.py). The gradient reaching the returned logits is added to dbias. Spec: 3d-molm.md §1.2
 (encoder forward), performance.md §2.9.
 """
@@ -85,42 +86,56 @@ def _forward_reference(q, k, v, bias, scale, dropout_p, seed, cu_seqlens, max_se
     out, logits = pair_bias_attention_reference(q, k, v, bias, scale=scale, dropout_p=dropout_p, keep=keep,
                                                 cu_seqlens=cu_seqlens)
     if cu_seqlens is None:
-        lse = torch.logsumexp(logits.double(), dim=-1)  # [B, H, N], -inf on rows with no key
+        lse = _lse(q, k, bias, scale)  # [B, H, N]
     else:
         H = q.shape[1]
-        lse = torch.cat([torch.logsumexp(logits[pair:pair + H * n * n].double().view(H, n, n), -1).t()
-                         for _, n, pair in packed_blocks(cu_seqlens, H)])  # [T, H] fp32
+        lse = torch.cat([_lse(q[t:t + n].transpose(0, 1), k[t:t + n].transpose(0, 1),
+                              bias[pair:pair + H * n * n].view(H, n, n), scale).t()
+                         for t, n, pair in packed_blocks(cu_seqlens, H)])  # [T, H]
     packed = cu_seqlens is not None
     return _new_out(q, packed).copy_(out), logits.contiguous(), _new_lse(q, packed).copy_(lse)
 
 
-def _backward_reference(grad_out, grad_logits, q, k, v, logits, out, lse, scale, dropout_p, seed, cu_seqlens,
+def _lse(q, k, bias, scale):
+    """Row log-sum-exp of the unrounded logits (what the kernels save; -inf on rows with no key)."""
+    return torch.logsumexp((q.double() * scale) @ k.double().transpose(-1, -2) + bias.double(), dim=-1)
+
+
+def _backward_reference(grad_out, grad_logits, q, k, v, bias, out, lse, scale, dropout_p, seed, cu_seqlens,
                         max_seqlen):
-    """The backward written out (it is what the kernels compute), from logits + LSE, never the saved softmax."""
+    """The backward written out (it is what the kernels compute): p is recomputed from q, k, bias and the LSE."""
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
-    keep = dropout_keep(seed, logits.numel(), dropout_p, q.device) if dropout_p > 0 else None
+    keep = dropout_keep(seed, bias.numel(), dropout_p, q.device) if dropout_p > 0 else None
     if cu_seqlens is None:
-        grads = _backward_reference_padded(grad_out, grad_logits, q, k, v, logits, out, lse, scale, dropout_p,
-                                           None if keep is None else keep.view(logits.shape), compute)
-        return tuple(g.to(q.dtype) for g in grads)
+        grads = _backward_reference_padded(grad_out, grad_logits, q, k, v, bias, out, lse, scale, dropout_p,
+                                           None if keep is None else keep.view(bias.shape), compute)
+        return _as_grads(q, k, v, grads, packed=False)
     H = q.shape[1]
     dq, dk, dv, dbias = [], [], [], []
     for start, n, pair in packed_blocks(cu_seqlens, H):
         tok, blk = slice(start, start + n), slice(pair, pair + H * n * n)
         tokens = [t[tok].transpose(0, 1)[None] for t in (grad_out, q, k, v, out)]  # [1, H, n, D] each
-        pairs = [None if t is None else t[blk].view(1, H, n, n) for t in (grad_logits, logits, keep)]
+        pairs = [None if t is None else t[blk].view(1, H, n, n) for t in (grad_logits, bias, keep)]
         g = _backward_reference_padded(tokens[0], pairs[0], *tokens[1:4], pairs[1], tokens[4], lse[tok].t()[None],
                                        scale, dropout_p, pairs[2], compute)
         for acc, t in zip((dq, dk, dv), g[:3]):
             acc.append(t[0].transpose(0, 1))
         dbias.append(g[3].reshape(-1))
-    return tuple(torch.cat(g).to(q.dtype) for g in (dq, dk, dv, dbias))
+    return _as_grads(q, k, v, [torch.cat(g) for g in (dq, dk, dv, dbias)], packed=True)
 
 
-def _backward_reference_padded(grad_out, grad_logits, q, k, v, logits, out, lse, scale, dropout_p, keep, compute):
+def _as_grads(q, k, v, grads, packed):
+    """dq, dk, dv in the kernels' layout (_new_out), dbias contiguous, all in q's dtype."""
+    dq, dk, dv, dbias = grads
+    return (_new_out(q, packed).copy_(dq), _new_out(k, packed).copy_(dk), _new_out(v, packed).copy_(dv),
+            dbias.to(q.dtype).contiguous())
+
+
+def _backward_reference_padded(grad_out, grad_logits, q, k, v, bias, out, lse, scale, dropout_p, keep, compute):
     go, q, k, v = (t.to(compute) for t in (grad_out, q, k, v))
     lse = lse.to(compute)[..., None]  # [B, H, N, 1]
-    p = torch.where(torch.isneginf(lse), 0.0, torch.exp(logits.to(compute) - lse))  # [B, H, N, N]
+    logits = (q * scale) @ k.transpose(-1, -2) + bias.to(compute)  # [B, H, N, N], the forward's, unrounded
+    p = torch.where(torch.isneginf(lse), 0.0, torch.exp(logits - lse))  # [B, H, N, N]
     drop = 1.0 if keep is None else keep / (1.0 - dropout_p)
     dp = (go @ v.transpose(-1, -2)) * drop  # [B, H, N, N]
     delta = (go * out.to(compute)).sum(-1, keepdim=True)  # [B, H, N, 1] = rowsum(p * dp)
@@ -133,8 +148,59 @@ def _backward_reference_padded(grad_out, grad_logits, q, k, v, logits, out, lse,
     return dq, dk, dv, dlogits
 
 
-_FORWARD = {"reference": _forward_reference}
-_BACKWARD = {"reference": _backward_reference}
+def _strides(t: torch.Tensor | None, packed: bool) -> list[int]:
+    """4 strides per token tensor as the native entries take them: (b, h, token, d); b-stride 0 when packed."""
+    if t is None:
+        return [0, 0, 0, 0]
+    if t.dim() == 1:  # a packed pair tensor: the entries compute its layout
+        return [0, 0, 0, 1]
+    if packed:
+        return [0, t.stride(1), t.stride(0), t.stride(2)]
+    return list(t.stride())
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _native_sizes(q: torch.Tensor, cu_seqlens, max_seqlen: int) -> tuple[int, int, int, int]:
+    if cu_seqlens is None:
+        B, H, N, D = q.shape
+        return B, H, N, D
+    return cu_seqlens.numel() - 1, q.shape[1], max_seqlen, q.shape[2]
+
+
+def _forward_cpp(q, k, v, bias, scale, dropout_p, seed, cu_seqlens, max_seqlen):
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    packed = cu_seqlens is not None
+    bias = bias.contiguous() if packed else bias
+    out, logits, lse = _new_out(q, packed), bias.new_empty(bias.shape), _new_lse(q, packed)
+    strides = sum((_strides(t, packed) for t in (q, k, v, out, bias)), [])
+    _backend.load_module("cpp").pair_bias_attention_forward_cpu(
+        q.data_ptr(), k.data_ptr(), v.data_ptr(), bias.data_ptr(), out.data_ptr(), logits.data_ptr(), lse.data_ptr(),
+        cu_seqlens.data_ptr() if packed else 0, *_native_sizes(q, cu_seqlens, max_seqlen), strides, scale,
+        dropout_p, seed, _backend.dtype_code(q))
+    return out, logits, lse
+
+
+def _backward_cpp(grad_out, grad_logits, q, k, v, bias, out, lse, scale, dropout_p, seed, cu_seqlens,
+                  max_seqlen):
+    q, k, v, grad_out = (_last_dim_contiguous(t) for t in (q, k, v, grad_out))
+    grad_logits = None if grad_logits is None else grad_logits.contiguous()
+    packed = cu_seqlens is not None
+    bias = bias.contiguous() if packed else bias
+    dq, dk, dv, dbias = _new_out(q, packed), _new_out(k, packed), _new_out(v, packed), bias.new_empty(bias.shape)
+    strides = sum((_strides(t, packed) for t in (q, k, v, out, bias, grad_out, dq, dk, dv)), [])
+    _backend.load_module("cpp").pair_bias_attention_backward_cpu(
+        grad_out.data_ptr(), 0 if grad_logits is None else grad_logits.data_ptr(), q.data_ptr(), k.data_ptr(),
+        v.data_ptr(), bias.data_ptr(), out.data_ptr(), lse.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+        dbias.data_ptr(), cu_seqlens.data_ptr() if packed else 0, *_native_sizes(q, cu_seqlens, max_seqlen), strides,
+        scale, dropout_p, seed, _backend.dtype_code(q))
+    return dq, dk, dv, dbias
+
+
+_FORWARD = {"reference": _forward_reference, "cpp": _forward_cpp}
+_BACKWARD = {"reference": _backward_reference, "cpp": _backward_cpp}
 _backend.register(OP, _FORWARD)
 
 
@@ -155,35 +221,36 @@ def _(q, k, v, bias, scale, dropout_p, seed, cu_seqlens, max_seqlen):
 @torch.library.custom_op("molm_fast::pair_bias_attention_backward", mutates_args=())
 def _pair_bias_attention_backward_op(
         grad_out: torch.Tensor, grad_logits: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-        logits: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, scale: float, dropout_p: float, seed: int,
+        bias: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, scale: float, dropout_p: float, seed: int,
         cu_seqlens: torch.Tensor | None, max_seqlen: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                    torch.Tensor]:
-    return _BACKWARD[_backend.pick(OP, q.device)](grad_out, grad_logits, q, k, v, logits, out, lse, scale,
+    return _BACKWARD[_backend.pick(OP, q.device)](grad_out, grad_logits, q, k, v, bias, out, lse, scale,
                                                    dropout_p, seed, cu_seqlens, max_seqlen)
 
 
 @_pair_bias_attention_backward_op.register_fake
-def _(grad_out, grad_logits, q, k, v, logits, out, lse, scale, dropout_p, seed, cu_seqlens, max_seqlen):
-    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), logits.new_empty(logits.shape))
+def _(grad_out, grad_logits, q, k, v, bias, out, lse, scale, dropout_p, seed, cu_seqlens, max_seqlen):
+    packed = cu_seqlens is not None
+    return _new_out(q, packed), _new_out(k, packed), _new_out(v, packed), bias.new_empty(bias.shape)
 
 
 def _setup_context(ctx, inputs, output):
     q, k, v, bias, scale, dropout_p, seed, cu_seqlens, max_seqlen = inputs
-    out, logits, lse = output
-    ctx.save_for_backward(q, k, v, logits, out, lse, cu_seqlens)
+    out, _, lse = output
+    ctx.save_for_backward(q, k, v, bias, out, lse, cu_seqlens)
     ctx.args = (scale, dropout_p, seed, max_seqlen)
     ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_out, grad_logits, grad_lse):
-    q, k, v, logits, out, lse, cu_seqlens = ctx.saved_tensors
+    q, k, v, bias, out, lse, cu_seqlens = ctx.saved_tensors
     scale, dropout_p, seed, max_seqlen = ctx.args
     if grad_out is None and grad_logits is None:
         return (None,) * 9
     if grad_out is None:
         grad_out = torch.zeros_like(out)
     dq, dk, dv, dbias = torch.ops.molm_fast.pair_bias_attention_backward(
-        grad_out, grad_logits, q, k, v, logits, out, lse, scale, dropout_p, seed, cu_seqlens, max_seqlen)
+        grad_out, grad_logits, q, k, v, bias, out, lse, scale, dropout_p, seed, cu_seqlens, max_seqlen)
     return dq, dk, dv, dbias, None, None, None, None, None
 
 

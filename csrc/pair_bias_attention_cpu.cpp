@@ -1,0 +1,359 @@
+// pair_bias_attention, CPU: logits = (q * scale) k^T + bias (written once, the next layer's bias),
+// out = dropout(softmax(logits)) v, row LSE saved; backward from bias + LSE (the softmax is never stored):
+//   p = exp(q k^T scale + bias - LSE) recomputed in fp32 (so a bf16 run's p matches its forward exactly),
+//   dp = dO v^T (* dropout scale), ds = p (dp - rowsum(dO * O)), dlogits = ds + grad_logits,
+//   dq = scale dlogits k, dk = dlogits^T (q scale), dv = (p * dropout scale)^T dO, dbias = dlogits.
+// OpenMP over (molecule, head); one row at a time with the whole row in a thread-local buffer (N <= a few
+// hundred), loops laid out so they vectorise without reassociation (K and V held transposed [D][n]).
+// Padded ([B, H, N, *] with strides) and packed (cu_seqlens, 1-D pair blocks) share one body: a Problem
+// describes one (molecule, head). fp32/fp64/bf16 in; fp32 math (fp64 for fp64): the softmax uses the fp32 logits
+// (bf16 only on the way out). Dropout: Philox (common.h), the same mask as Triton and the reference.
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "common.h"
+
+namespace molm_fast {
+namespace {
+
+template <typename S> struct Io;
+template <> struct Io<float> {
+  static float load(float v) { return v; }
+  static float load(uint16_t v) { return bf16_to_float(v); }
+  static void store(float* p, float v) { *p = v; }
+  static void store(uint16_t* p, float v) { *p = float_to_bf16(v); }
+};
+template <> struct Io<double> {
+  static double load(double v) { return v; }
+  static void store(double* p, double v) { *p = v; }
+};
+
+inline float exp_(float x) { return fast_exp(x); }
+inline double exp_(double x) { return std::exp(x); }
+
+// Token tensors ([B, H, N, D] padded, [T, H, D] packed; b-strides 0 when packed), in this order.
+enum Tensor : int { kQ, kK, kV, kOut, kBias, kGradOut, kDq, kDk, kDv, kNumTensors };
+
+// Sizes and strides (elements) of a call.
+struct Layout {
+  int64_t B, H, N, D;
+  int64_t s[kNumTensors][4];
+  const int32_t* cu;  // null when padded
+  bool packed() const { return cu != nullptr; }
+};
+
+// One (molecule, head): element offset of row 0 and the row stride of each token tensor, and where its pair
+// block lives (bias may be strided when padded; logits, grad_logits and dbias are always contiguous).
+struct Problem {
+  int64_t n;
+  int64_t at[kNumTensors], row[kNumTensors];
+  int64_t bias, bias_i, bias_j;
+  int64_t pair;  // offset of [0, 0] in the contiguous logits (also the dropout counter base)
+  int64_t lse, lse_i;
+};
+
+Problem problem(const Layout& L, const std::vector<int64_t>& pair_start, int64_t b, int64_t h) {
+  Problem p;
+  const int64_t t0 = L.packed() ? L.cu[b] : 0;
+  p.n = L.packed() ? L.cu[b + 1] - L.cu[b] : L.N;
+  for (int t = 0; t < kNumTensors; ++t) {
+    p.at[t] = b * L.s[t][0] + h * L.s[t][1] + t0 * L.s[t][2];
+    p.row[t] = L.s[t][2];
+  }
+  if (L.packed()) {
+    p.pair = L.H * pair_start[b] + h * p.n * p.n;
+    p.bias = p.pair, p.bias_i = p.n, p.bias_j = 1;
+    p.lse = t0 * L.H + h, p.lse_i = L.H;
+  } else {
+    p.pair = (b * L.H + h) * L.N * L.N;
+    p.bias = p.at[kBias], p.bias_i = L.s[kBias][2], p.bias_j = L.s[kBias][3];
+    p.lse = (b * L.H + h) * L.N, p.lse_i = 1;
+  }
+  return p;
+}
+
+std::vector<int64_t> pair_starts(const Layout& L) {  // exclusive cumsum of n_b^2 (packed only)
+  std::vector<int64_t> s(L.B + 1, 0);
+  if (L.packed())
+    for (int64_t b = 0; b < L.B; ++b) s[b + 1] = s[b] + int64_t(L.cu[b + 1] - L.cu[b]) * (L.cu[b + 1] - L.cu[b]);
+  return s;
+}
+
+template <typename S>
+struct Dropout {
+  float p;
+  uint64_t seed;
+  S scale;  // 1 / (1 - p)
+  S factor(uint64_t offset) const { return philox_uniform(seed, offset) >= p ? scale : S(0); }
+};
+
+template <typename T, typename S, int DC>
+MOLM_FAST_MULTIVERSION void forward_one(const Problem& P, int64_t Drt, const T* q, const T* k, const T* v,
+                                        const T* bias, T* out, T* logits, S* lse, S scale, const Dropout<S>* drop,
+                                        std::vector<S>& buf) {
+  const int64_t D = DC ? DC : Drt, n = P.n;
+  buf.resize((2 * D + 1) * n + D);
+  S* kt = buf.data();      // [D][n]
+  S* vr = kt + D * n;      // [n][D]
+  S* row = vr + D * n;     // [n]
+  S* qs = row + n;         // [D]
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t d = 0; d < D; ++d) {
+      kt[d * n + j] = Io<S>::load(k[P.at[kK] + j * P.row[kK] + d]);
+      vr[j * D + d] = Io<S>::load(v[P.at[kV] + j * P.row[kV] + d]);
+    }
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t d = 0; d < D; ++d) qs[d] = Io<S>::load(q[P.at[kQ] + i * P.row[kQ] + d]) * scale;
+    const T* brow = bias + P.bias + i * P.bias_i;
+    for (int64_t j = 0; j < n; ++j) row[j] = 0;
+    for (int64_t d = 0; d < D; ++d) {
+      const S qd = qs[d];
+      const S* kd = kt + d * n;
+      for (int64_t j = 0; j < n; ++j) row[j] += qd * kd[j];
+    }
+    T* lrow = logits + P.pair + i * n;
+    S m = -std::numeric_limits<S>::infinity();
+    for (int64_t j = 0; j < n; ++j) {
+      const S s = row[j] + Io<S>::load(brow[j * P.bias_j]);
+      Io<S>::store(lrow + j, s);
+      row[j] = s;
+      m = s > m ? s : m;
+    }
+    T* orow = out + P.at[kOut] + i * P.row[kOut];
+    if (m == -std::numeric_limits<S>::infinity()) {  // no key: out 0, LSE -inf (never NaN)
+      for (int64_t d = 0; d < D; ++d) Io<S>::store(orow + d, S(0));
+      lse[P.lse + i * P.lse_i] = m;
+      continue;
+    }
+    S sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < n; ++j) {
+      row[j] = exp_(row[j] - m);
+      sum += row[j];
+    }
+    lse[P.lse + i * P.lse_i] = m + std::log(sum);
+    const S inv = S(1) / sum;
+    if (drop) {
+      for (int64_t j = 0; j < n; ++j) row[j] *= inv * drop->factor(uint64_t(P.pair + i * n + j));
+    } else {
+      for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+    }
+    S acc[DC ? DC : 64];
+    for (int64_t d = 0; d < D; ++d) acc[d] = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      const S pj = row[j];
+      for (int64_t d = 0; d < D; ++d) acc[d] += pj * vr[j * D + d];
+    }
+    for (int64_t d = 0; d < D; ++d) Io<S>::store(orow + d, acc[d]);
+  }
+}
+
+template <typename T, typename S, int DC>
+MOLM_FAST_MULTIVERSION void backward_one(const Problem& P, int64_t Drt, const T* go, const T* gl, const T* q,
+                                         const T* k, const T* v, const T* bias, const T* out, const S* lse, T* dq,
+                                         T* dk, T* dv, T* dbias, S scale, const Dropout<S>* drop,
+                                         std::vector<S>& buf) {
+  const int64_t D = DC ? DC : Drt, n = P.n;
+  buf.resize((5 * D + 2) * n + 2 * D);
+  S* kr = buf.data();      // [n][D]
+  S* kt = kr + D * n;      // [D][n]
+  S* vt = kt + D * n;      // [D][n]
+  S* dkt = vt + D * n;     // [D][n]
+  S* dvt = dkt + D * n;    // [D][n]
+  S* dl = dvt + D * n;     // [n]
+  S* pd = dl + n;          // [n]
+  S* qs = pd + n;          // [D]
+  S* g = qs + D;           // [D]
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t d = 0; d < D; ++d) {
+      kr[j * D + d] = kt[d * n + j] = Io<S>::load(k[P.at[kK] + j * P.row[kK] + d]);
+      vt[d * n + j] = Io<S>::load(v[P.at[kV] + j * P.row[kV] + d]);
+    }
+  for (int64_t x = 0; x < 2 * D * n; ++x) dkt[x] = 0;  // dkt and dvt
+  for (int64_t i = 0; i < n; ++i) {
+    const T* grow = go + P.at[kGradOut] + i * P.row[kGradOut];
+    const T* orow = out + P.at[kOut] + i * P.row[kOut];
+    S delta = 0;
+    for (int64_t d = 0; d < D; ++d) {
+      qs[d] = Io<S>::load(q[P.at[kQ] + i * P.row[kQ] + d]) * scale;
+      g[d] = Io<S>::load(grow[d]);
+      delta += g[d] * Io<S>::load(orow[d]);
+    }
+    for (int64_t j = 0; j < n; ++j) pd[j] = 0;  // the logits again, exactly as the forward made them
+    for (int64_t d = 0; d < D; ++d) {
+      const S qd = qs[d];
+      const S* kd = kt + d * n;
+      for (int64_t j = 0; j < n; ++j) pd[j] += qd * kd[j];
+    }
+    for (int64_t j = 0; j < n; ++j) dl[j] = 0;  // dp = dO v^T
+    for (int64_t d = 0; d < D; ++d) {
+      const S gd = g[d];
+      const S* vd = vt + d * n;
+      for (int64_t j = 0; j < n; ++j) dl[j] += gd * vd[j];
+    }
+    const S l = lse[P.lse + i * P.lse_i];
+    const bool empty = l == -std::numeric_limits<S>::infinity();
+    const T* brow_in = bias + P.bias + i * P.bias_i;
+    for (int64_t j = 0; j < n; ++j) {
+      const S p = empty ? S(0) : exp_(pd[j] + Io<S>::load(brow_in[j * P.bias_j]) - l);
+      const S f = drop ? drop->factor(uint64_t(P.pair + i * n + j)) : S(1);
+      pd[j] = p * f;
+      dl[j] = p * (dl[j] * f - delta);
+    }
+    T* brow = dbias + P.pair + i * n;
+    if (gl) {
+      const T* glrow = gl + P.pair + i * n;
+      for (int64_t j = 0; j < n; ++j) dl[j] += Io<S>::load(glrow[j]);
+    }
+    for (int64_t j = 0; j < n; ++j) Io<S>::store(brow + j, dl[j]);
+    S acc[DC ? DC : 64];
+    for (int64_t d = 0; d < D; ++d) acc[d] = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      const S dlj = dl[j];
+      for (int64_t d = 0; d < D; ++d) acc[d] += dlj * kr[j * D + d];
+    }
+    T* dqrow = dq + P.at[kDq] + i * P.row[kDq];
+    for (int64_t d = 0; d < D; ++d) Io<S>::store(dqrow + d, acc[d] * scale);
+    for (int64_t d = 0; d < D; ++d) {
+      const S qd = qs[d], gd = g[d];
+      S* dkd = dkt + d * n;
+      S* dvd = dvt + d * n;
+      for (int64_t j = 0; j < n; ++j) {
+        dkd[j] += dl[j] * qd;
+        dvd[j] += pd[j] * gd;
+      }
+    }
+  }
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t d = 0; d < D; ++d) {
+      Io<S>::store(dk + P.at[kDk] + j * P.row[kDk] + d, dkt[d * n + j]);
+      Io<S>::store(dv + P.at[kDv] + j * P.row[kDv] + d, dvt[d * n + j]);
+    }
+}
+
+// Runs fn(problem, scratch) for every (molecule, head), in parallel.
+template <typename S, typename Fn>
+void for_each_problem(const Layout& L, Fn fn) {
+  const std::vector<int64_t> starts = pair_starts(L);
+#if MOLM_FAST_HAS_OPENMP
+#pragma omp parallel
+#endif
+  {
+    std::vector<S> buf;
+#if MOLM_FAST_HAS_OPENMP
+#pragma omp for collapse(2) schedule(dynamic, 4)
+#endif
+    for (int64_t b = 0; b < L.B; ++b)
+      for (int64_t h = 0; h < L.H; ++h) {
+        const Problem P = problem(L, starts, b, h);
+        if (P.n > 0) fn(P, buf);
+      }
+  }
+}
+
+// strides: 4 per token tensor in Tensor order; forward passes q, k, v, out, bias; backward all nine.
+Layout make_layout(const char* op, uintptr_t cu, int64_t B, int64_t H, int64_t N, int64_t D,
+                   const std::vector<int64_t>& strides, int tensors) {
+  MOLM_CHECK_NONNEG(B, op, "B");
+  MOLM_CHECK_NONNEG(H, op, "H");
+  MOLM_CHECK_NONNEG(N, op, "N");
+  MOLM_CHECK(D > 0 && D <= 64, op, "head dim D must be in [1, 64], got ", D);
+  MOLM_CHECK(strides.size() == size_t(4 * tensors), op, "strides must hold ", 4 * tensors, " values, got ",
+             strides.size());
+  Layout L{B, H, N, D, {}, reinterpret_cast<const int32_t*>(cu)};
+  for (int t = 0; t < kNumTensors; ++t)
+    for (int a = 0; a < 4; ++a) L.s[t][a] = t < tensors ? strides[4 * t + a] : 0;
+  for (int t = 0; t < tensors; ++t)
+    MOLM_CHECK(t == kBias || L.s[t][3] == 1, op, "q, k, v, out and the gradients need a contiguous last dim");
+  if (L.packed())
+    for (int64_t b = 0; b < B; ++b)
+      MOLM_CHECK(L.cu[b] >= 0 && L.cu[b + 1] >= L.cu[b] && L.cu[b + 1] - L.cu[b] <= N, op,
+                 "cu_seqlens must be non-decreasing with lengths <= max_seqlen ", N, ", got cu_seqlens[", b, ":",
+                 b + 2, "] = ", L.cu[b], ", ", L.cu[b + 1]);
+  return L;
+}
+
+template <typename T, typename S>
+void forward_typed(const Layout& L, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t bias, uintptr_t out,
+                   uintptr_t logits, uintptr_t lse, double scale, double dropout_p, uint64_t seed) {
+  const Dropout<S> drop{float(dropout_p), seed, S(1.0 / (1.0 - dropout_p))};
+  const Dropout<S>* dp = dropout_p > 0 ? &drop : nullptr;
+  auto c = [](uintptr_t p) { return reinterpret_cast<const T*>(p); };
+  auto w = [](uintptr_t p) { return reinterpret_cast<T*>(p); };
+  S* lse_p = reinterpret_cast<S*>(lse);
+  for_each_problem<S>(L, [&](const Problem& P, std::vector<S>& buf) {
+    if (L.D == 8)
+      forward_one<T, S, 8>(P, 8, c(q), c(k), c(v), c(bias), w(out), w(logits), lse_p, S(scale), dp, buf);
+    else
+      forward_one<T, S, 0>(P, L.D, c(q), c(k), c(v), c(bias), w(out), w(logits), lse_p, S(scale), dp, buf);
+  });
+}
+
+template <typename T, typename S>
+void backward_typed(const Layout& L, uintptr_t go, uintptr_t gl, uintptr_t q, uintptr_t k, uintptr_t v,
+                    uintptr_t bias, uintptr_t out, uintptr_t lse, uintptr_t dq, uintptr_t dk, uintptr_t dv,
+                    uintptr_t dbias, double scale, double dropout_p, uint64_t seed) {
+  const Dropout<S> drop{float(dropout_p), seed, S(1.0 / (1.0 - dropout_p))};
+  const Dropout<S>* dp = dropout_p > 0 ? &drop : nullptr;
+  auto c = [](uintptr_t p) { return reinterpret_cast<const T*>(p); };
+  auto w = [](uintptr_t p) { return reinterpret_cast<T*>(p); };
+  for_each_problem<S>(L, [&](const Problem& P, std::vector<S>& buf) {
+    if (L.D == 8)
+      backward_one<T, S, 8>(P, 8, c(go), c(gl), c(q), c(k), c(v), c(bias), c(out),
+                            reinterpret_cast<const S*>(lse), w(dq), w(dk), w(dv), w(dbias), S(scale), dp, buf);
+    else
+      backward_one<T, S, 0>(P, L.D, c(go), c(gl), c(q), c(k), c(v), c(bias), c(out),
+                            reinterpret_cast<const S*>(lse), w(dq), w(dk), w(dv), w(dbias), S(scale), dp, buf);
+  });
+}
+
+}  // namespace
+
+void pair_bias_attention_forward_cpu(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t bias, uintptr_t out,
+                                     uintptr_t logits, uintptr_t lse, uintptr_t cu_seqlens, int64_t B, int64_t H,
+                                     int64_t N, int64_t D, const std::vector<int64_t>& strides, double scale,
+                                     double dropout_p, uint64_t seed, int dtype) {
+  const char* op = "pair_bias_attention_forward_cpu";
+  const Layout L = make_layout(op, cu_seqlens, B, H, N, D, strides, kGradOut);
+  if (B == 0 || H == 0 || N == 0) return;
+  for (auto [p, name] : {std::pair{q, "q"}, {k, "k"}, {v, "v"}, {bias, "bias"}, {out, "out"}, {logits, "logits"},
+                         {lse, "lse"}})
+    MOLM_CHECK_PTR(p, op, name);
+  MOLM_CHECK(dropout_p >= 0 && dropout_p < 1, op, "dropout_p must be in [0, 1), got ", dropout_p);
+  if (dtype == int(DType::Float32))
+    forward_typed<float, float>(L, q, k, v, bias, out, logits, lse, scale, dropout_p, seed);
+  else if (dtype == int(DType::Float64))
+    forward_typed<double, double>(L, q, k, v, bias, out, logits, lse, scale, dropout_p, seed);
+  else if (dtype == int(DType::BFloat16))
+    forward_typed<uint16_t, float>(L, q, k, v, bias, out, logits, lse, scale, dropout_p, seed);
+  else
+    throw std::invalid_argument(concat(op, ": q must be float32, float64 or bfloat16, got ", dtype_name(dtype)));
+}
+
+void pair_bias_attention_backward_cpu(uintptr_t grad_out, uintptr_t grad_logits, uintptr_t q, uintptr_t k,
+                                      uintptr_t v, uintptr_t bias, uintptr_t out, uintptr_t lse, uintptr_t dq,
+                                      uintptr_t dk, uintptr_t dv, uintptr_t dbias, uintptr_t cu_seqlens, int64_t B,
+                                      int64_t H, int64_t N, int64_t D, const std::vector<int64_t>& strides,
+                                      double scale, double dropout_p, uint64_t seed, int dtype) {
+  const char* op = "pair_bias_attention_backward_cpu";
+  const Layout L = make_layout(op, cu_seqlens, B, H, N, D, strides, kNumTensors);
+  if (B == 0 || H == 0 || N == 0) return;
+  for (auto [p, name] : {std::pair{grad_out, "grad_out"}, {q, "q"}, {k, "k"}, {v, "v"}, {bias, "bias"},
+                         {out, "out"}, {lse, "lse"}, {dq, "dq"}, {dk, "dk"}, {dv, "dv"}, {dbias, "dbias"}})
+    MOLM_CHECK_PTR(p, op, name);
+  MOLM_CHECK(dropout_p >= 0 && dropout_p < 1, op, "dropout_p must be in [0, 1), got ", dropout_p);
+  if (dtype == int(DType::Float32))
+    backward_typed<float, float>(L, grad_out, grad_logits, q, k, v, bias, out, lse, dq, dk, dv, dbias, scale,
+                                 dropout_p, seed);
+  else if (dtype == int(DType::Float64))
+    backward_typed<double, double>(L, grad_out, grad_logits, q, k, v, bias, out, lse, dq, dk, dv, dbias, scale,
+                                   dropout_p, seed);
+  else if (dtype == int(DType::BFloat16))
+    backward_typed<uint16_t, float>(L, grad_out, grad_logits, q, k, v, bias, out, lse, dq, dk, dv, dbias, scale,
+                                    dropout_p, seed);
+  else
+    throw std::invalid_argument(concat(op, ": q must be float32, float64 or bfloat16, got ", dtype_name(dtype)));
+}
+
+}  // namespace molm_fast
