@@ -24,6 +24,15 @@ namespace {
 
 constexpr int kTile = 32;  // pairs per tile
 
+// Flush denormals to zero inside the kernels' parallel regions (x86: MXCSR FTZ|DAZ), restored on exit.
+struct FlushDenormals {
+#if defined(__x86_64__)
+  unsigned saved = __builtin_ia32_stmxcsr();
+  FlushDenormals() { __builtin_ia32_ldmxcsr(saved | 0x8040u); }
+  ~FlushDenormals() { __builtin_ia32_ldmxcsr(saved); }
+#endif
+};
+
 inline int thread_count() {
 #if MOLM_FAST_HAS_OPENMP
   return omp_get_max_threads();
@@ -41,8 +50,11 @@ inline int thread_id() {
 }
 
 // exp for x <= 88: Cody-Waite reduction + cephes' degree-6 polynomial, ~2 ulp, no branches (vectorises).
+// Below e^-80 it returns 0: the Gaussians' far tails would otherwise make denormals, which cost ~100 cycles
+// each in every later multiply (an error of at most 2e-35 absolute).
 inline float fast_exp(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const bool tiny = x < -80.0f;
+  x = tiny ? -80.0f : (x > 88.0f ? 88.0f : x);
   const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = x - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
@@ -53,7 +65,7 @@ inline float fast_exp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  return p * __builtin_bit_cast(float, (static_cast<int>(n) + 127) << 23);
+  return tiny ? 0.0f : p * __builtin_bit_cast(float, (static_cast<int>(n) + 127) << 23);
 }
 inline double fast_exp(double x) { return std::exp(x); }
 
@@ -199,6 +211,7 @@ inline void store(uint16_t* o, float v) { *o = float_to_bf16(v); }
 template <typename S, typename O>
 void forward(const Params<S>& p, const S* coords, const int64_t* tokens, const Layout& lay, O* out, int64_t num_types,
              int64_t pad_idx) {
+  const FlushDenormals ftz;
   const int64_t H = p.H;
   std::vector<S> y0(H);  // the value of every pair touching a pad: d = 0, e = 0
   {
@@ -212,6 +225,7 @@ void forward(const Params<S>& p, const S* coords, const int64_t* tokens, const L
 #pragma omp parallel
 #endif
   {
+    const FlushDenormals ftz;
     Scratch<S> s(p.K, p.C, H);
 #if MOLM_FAST_HAS_OPENMP
 #pragma omp for schedule(dynamic, 4)
@@ -286,6 +300,7 @@ MOLM_FAST_MULTIVERSION void tile_backward(const Params<S>& p, Scratch<S>& s, Gra
 template <typename S>
 void backward(const Params<S>& p, const S* grad, const S* coords, const int64_t* tokens, const Layout& lay,
               const S* stds, S* const* outs, int64_t num_types, int64_t pad_idx) {
+  const FlushDenormals ftz;
   const int64_t K = p.K, C = p.C, H = p.H, E = p.E;
   const int nt = thread_count();
   std::vector<Grads<S>> grads;
@@ -294,6 +309,7 @@ void backward(const Params<S>& p, const S* grad, const S* coords, const int64_t*
 #pragma omp parallel num_threads(nt)
 #endif
   {
+    const FlushDenormals ftz;
     Scratch<S> s(K, C, H);
     Grads<S>& gr = grads[thread_id()];
 #if MOLM_FAST_HAS_OPENMP
