@@ -199,8 +199,33 @@ def _backward_cpp(grad_out, grad_logits, q, k, v, bias, out, lse, scale, dropout
     return dq, dk, dv, dbias
 
 
-_FORWARD = {"reference": _forward_reference, "cpp": _forward_cpp}
-_BACKWARD = {"reference": _backward_reference, "cpp": _backward_cpp}
+def _forward_triton(q, k, v, bias, scale, dropout_p, seed, cu_seqlens, max_seqlen):
+    from molm_fast.kernels.pair_bias_attention import pair_bias_attention_forward_triton
+
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    packed = cu_seqlens is not None
+    out, logits, lse = _new_out(q, packed), bias.new_empty(bias.shape), _new_lse(q, packed)
+    pair_bias_attention_forward_triton(q, k, v, bias.contiguous() if packed else bias, out, logits, lse, scale,
+                                       dropout_p, seed, cu_seqlens, max_seqlen)
+    return out, logits, lse
+
+
+def _backward_triton(grad_out, grad_logits, q, k, v, bias, out, lse, scale, dropout_p, seed, cu_seqlens,
+                     max_seqlen):
+    from molm_fast.kernels.pair_bias_attention import pair_bias_attention_backward_triton
+
+    q, k, v, grad_out = (_last_dim_contiguous(t) for t in (q, k, v, grad_out))
+    packed = cu_seqlens is not None
+    bias = bias.contiguous() if packed else bias
+    dq, dk, dv, dbias = _new_out(q, packed), _new_out(k, packed), _new_out(v, packed), bias.new_empty(bias.shape)
+    pair_bias_attention_backward_triton(grad_out, None if grad_logits is None else grad_logits.contiguous(), q, k, v,
+                                        bias, out, lse, dq, dk, dv, dbias, scale, dropout_p, seed, cu_seqlens,
+                                        max_seqlen)
+    return dq, dk, dv, dbias
+
+
+_FORWARD = {"reference": _forward_reference, "cpp": _forward_cpp, "triton": _forward_triton}
+_BACKWARD = {"reference": _backward_reference, "cpp": _backward_cpp, "triton": _backward_triton}
 _backend.register(OP, _FORWARD)
 
 
