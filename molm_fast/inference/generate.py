@@ -94,49 +94,69 @@ def left_align(inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> tup
     return embeds, torch.gather(attention_mask, 1, order)
 
 
+CACHE_LEN_MULTIPLE = 64  # cache lengths are rounded up so batches of similar prompts reuse one compiled step
+
+
+class _StepGraph:
+    """A static KV cache for ``rows`` sequences of up to ``cache_len`` tokens and the one-token decode step on it,
+    compiled once (CUDA graphs) and kept on the model for every later call with the same (rows, cache_len)."""
+
+    def __init__(self, lm: nn.Module, rows: int, cache_len: int, compile: bool):
+        from transformers import StaticCache
+
+        self.cache = StaticCache(config=lm.config, max_cache_len=cache_len)
+
+        def step(tokens: torch.Tensor, position: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            out = lm(input_ids=tokens, attention_mask=mask, position_ids=position, past_key_values=self.cache,
+                     use_cache=True)
+            return out.logits[:, -1].float()  # [rows, V] fp32
+
+        self.compiled = compile
+        self.fn = torch.compile(step, mode="reduce-overhead", dynamic=False) if compile else step
+
+    @staticmethod
+    def get(lm: nn.Module, rows: int, cache_len: int, compile: bool) -> _StepGraph:
+        graphs = lm.__dict__.setdefault("_molm_fast_step_graphs", {})
+        key = (rows, cache_len, compile)
+        if key not in graphs:
+            graphs[key] = _StepGraph(lm, rows, cache_len, compile)
+        return graphs[key]
+
+
 class _Decoder:
-    """Static KV cache for rows = B * K sequences plus the one-token decode step (optionally compiled)."""
+    """Prefill the B prompts once, copy their KV to the B * K rows of a static cache, then decode token by token."""
 
     def __init__(self, lm: nn.Module, inputs_embeds: torch.Tensor, mask: torch.Tensor, repeats: int,
                  max_new_tokens: int, compile: bool):
-        from transformers import StaticCache
-
-        self.lm = lm
         B, L = mask.shape
-        self.prompt_len = L
         out = lm(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=self._positions(mask),
                  use_cache=True)
         self.first_logits = out.logits[:, -1].float().repeat_interleave(repeats, 0)  # [B*K, V] fp32
-        self.cache = StaticCache(config=lm.config, max_cache_len=L + max_new_tokens)
+        rows = B * repeats
+        cache_len = -(-(L + max_new_tokens) // CACHE_LEN_MULTIPLE) * CACHE_LEN_MULTIPLE
+        self.graph = _StepGraph.get(lm, rows, cache_len, compile)
+        self.cache = self.graph.cache
         for layer, src in zip(self.cache.layers, out.past_key_values.layers):
             keys = src.keys.repeat_interleave(repeats, 0)  # [B*K, H, L, D]: the prompt's KV, shared by its beams
             values = src.values.repeat_interleave(repeats, 0)
-            layer.lazy_initialization(keys, values)
-            layer.keys[:, :, :L].copy_(keys)
+            if not layer.is_initialized:
+                layer.lazy_initialization(keys, values)
+            layer.keys[:, :, :L].copy_(keys)  # later slots hold stale values: causal-masked until overwritten
             layer.values[:, :, :L].copy_(values)
             layer.cumulative_length.fill_(L)
-        rows = B * repeats
-        self.mask = torch.ones(rows, L + max_new_tokens, dtype=mask.dtype, device=mask.device)
-        self.mask[:, :L] = mask.repeat_interleave(repeats, 0)  # [B*K, L + max_new]; future slots are causal-masked
+        self.mask = torch.ones(rows, cache_len, dtype=mask.dtype, device=mask.device)  # [B*K, cache_len]
+        self.mask[:, :L] = mask.repeat_interleave(repeats, 0)  # future slots are masked by causality
         self.next_position = mask.sum(-1).repeat_interleave(repeats, 0)[:, None]  # [B*K, 1]
-        self.step_fn = self._step
-        if compile:
-            self.step_fn = torch.compile(self._step, mode="reduce-overhead", dynamic=False)
 
     @staticmethod
     def _positions(mask: torch.Tensor) -> torch.Tensor:
         return (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens at 0..n-1 (HF's rule)
 
-    def _step(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        out = self.lm(input_ids=tokens, attention_mask=self.mask, position_ids=position,
-                      past_key_values=self.cache, use_cache=True)
-        return out.logits[:, -1].float()
-
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row [B*K] -> next logits [B*K, V] fp32."""
-        logits = self.step_fn(tokens[:, None], self.next_position)
+        logits = self.graph.fn(tokens[:, None], self.next_position, self.mask)
         self.next_position = self.next_position + 1
-        return logits.clone()
+        return logits.clone() if self.graph.compiled else logits  # CUDA graphs reuse their output buffer
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Beam search: row r continues from row ``rows[r]``; in place, so the cache keeps its address."""
