@@ -1,0 +1,38 @@
+"""``molm-fast demo`` (quick mode) end to end, and ``molm-fast bench`` on a random tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from molm_fast import cli
+
+
+@pytest.mark.slow
+def test_demo_quick_trains_saves_and_uses_a_model(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--output", str(out), "--quick"]) == 0
+    printed = capsys.readouterr().out
+    for stage in ("[conformers]", "[stage 1]", "[retrieval]", "[stage 2]", "[caption]", "[qa]", "[done]"):
+        assert stage in printed, f"demo output lacks {stage}:\n{printed}"
+    report = json.loads((out / "report.json").read_text())
+    assert 0.0 <= report["retrieval"]["g2t_acc"] <= 1.0 and report["retrieval"]["chance"] == pytest.approx(1 / 32)
+    assert set(report["caption"]) == {"bleu2", "bleu4", "rouge1", "rouge2", "rougeL", "meteor"}
+    assert set(report["qa"]) <= {"Molecular Weight", "LogP", "Topological Polar Surface Area"} and report["qa"]
+    # the saved model directory is what the other commands take
+    inp = tmp_path / "in.smi"
+    inp.write_text("CCO\nC1=CC=CC=C1\n")
+    res = tmp_path / "cap.jsonl"
+    assert cli.main(["caption", "--model", str(out / "model"), "--input", str(inp), "--output", str(res),
+                     "--greedy", "--quiet"]) == 0
+    assert [json.loads(line)["status"] for line in res.read_text().splitlines()] == ["ok", "ok"]
+
+
+def test_bench_reports_every_stage(tmp_path):
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "--n", "4", "--batch-size", "4", "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    for key in ("conformers_per_s", "encode_molecules_per_s", "greedy_hf_generate_tokens_per_s",
+                "greedy_fast_tokens_per_s", "greedy_speedup"):
+        assert report[key] > 0, key
