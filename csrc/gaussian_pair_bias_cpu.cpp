@@ -22,7 +22,8 @@
 namespace molm_fast {
 namespace {
 
-constexpr int kTile = 32;  // pairs per tile
+constexpr int kTile = 32;                // pairs per tile
+constexpr int64_t kParallelPairs = 2048;  // fewer pairs run on one thread: a parallel region costs more
 
 // Flush denormals to zero inside the kernels' parallel regions (x86: MXCSR FTZ|DAZ), restored on exit.
 struct FlushDenormals {
@@ -179,6 +180,7 @@ struct Layout {
   const int32_t* cu_seqlens;
   const int64_t* cu_pairs;
   int64_t B, N, T;
+  int64_t pairs() const { return cu_seqlens == nullptr ? B * N * N : cu_pairs[B]; }
   void row(int64_t t, int64_t& start, int64_t& n, int64_t& i, int64_t& block) const {
     if (cu_seqlens == nullptr) {
       const int64_t b = t / N;
@@ -222,7 +224,7 @@ void forward(const Params<S>& p, const S* coords, const int64_t* tokens, const L
   }
   const S ninf = -std::numeric_limits<S>::infinity();
 #if MOLM_FAST_HAS_OPENMP
-#pragma omp parallel
+#pragma omp parallel if (lay.pairs() >= kParallelPairs)
 #endif
   {
     const FlushDenormals ftz;
@@ -306,7 +308,7 @@ void backward(const Params<S>& p, const S* grad, const S* coords, const int64_t*
   std::vector<Grads<S>> grads;
   for (int t = 0; t < nt; ++t) grads.emplace_back(lay.T, K, C, H, E);
 #if MOLM_FAST_HAS_OPENMP
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(nt) if (lay.pairs() >= kParallelPairs)
 #endif
   {
     const FlushDenormals ftz;
