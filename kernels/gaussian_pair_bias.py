@@ -181,7 +181,7 @@ def _gaussian_pair_bias_backward_kernel(
 # ---- launchers -----------------------------------------------------------------------------------------------
 def _config(w1: torch.Tensor, coords: torch.Tensor, backward: bool):
     K, C = w1.shape[1], w1.shape[0]
-    interpret = coords.device.type == "cpu"
+    interpret = coords.device.type == "cpu"  # the Triton interpreter
     fp64 = w1.dtype == torch.float64
     cd = tl.float64 if fp64 else tl.float32
     # The CPU interpreter truncates when it converts to bf16 (the GPU rounds to nearest): there, the Gaussians and
@@ -189,16 +189,21 @@ def _config(w1: torch.Tensor, coords: torch.Tensor, backward: bool):
     lowp = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}.get(w1.dtype)
     dot_dtype = cd if (lowp is None or interpret) else lowp
     act_dtype = cd if (lowp is None or interpret) else lowp
-    block_p = 16 if interpret else (32 if backward else 64)
-    num_blocks = 1 if interpret else 4
     return dict(KP=next_power_of_2(K), CP=next_power_of_2(C), CD=cd, DOT_DTYPE=dot_dtype, ACT_DTYPE=act_dtype,
-                INPUT_PRECISION="ieee", ROOT=ROOT_2PI, BLOCK_P=block_p, NUM_BLOCKS=num_blocks)
+                INPUT_PRECISION="ieee", ROOT=ROOT_2PI, **_blocks(coords.device, backward))
 
 
-def pairs_per_program(coords: torch.Tensor, backward: bool) -> int:
+def _blocks(device: torch.device, backward: bool) -> dict:
+    """Pairs per tile and tiles per program (the weights load once per program); 8 warps for the [P, 128] tiles."""
+    if device.type == "cpu":  # the interpreter
+        return dict(BLOCK_P=16, NUM_BLOCKS=1)
+    return dict(BLOCK_P=32 if backward else 64, NUM_BLOCKS=4, num_warps=8)
+
+
+def pairs_per_program(device: torch.device, backward: bool) -> int:
     """How many pairs one program takes (the glue builds the tile list from it)."""
-    cfg = _config(coords, coords, backward)
-    return cfg["BLOCK_P"] * cfg["NUM_BLOCKS"]
+    b = _blocks(device, backward)
+    return b["BLOCK_P"] * b["NUM_BLOCKS"]
 
 
 def gaussian_pair_bias_forward_triton(coords, tokens, params, cu_seqlens, cu_pairs, tiles, N, out, num_types,

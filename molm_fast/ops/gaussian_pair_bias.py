@@ -185,7 +185,7 @@ def _triton_inputs(coords, tokens, params, cu_seqlens, backward):
     from molm_fast.kernels.gaussian_pair_bias import pairs_per_program
 
     compute, xyz, tok, _, cu, cu_pairs, B, N, shape = _flat(coords, tokens, params, cu_seqlens)
-    tiles = _tiles(cu, cu_pairs, B, N, pairs_per_program(xyz, backward))
+    tiles = _tiles(cu, cu_pairs, B, N, pairs_per_program(xyz.device, backward))
     return compute, xyz, tok, [p.contiguous() for p in params], cu, cu_pairs, tiles, N, shape
 
 
