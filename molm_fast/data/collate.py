@@ -102,14 +102,26 @@ class PackedBatch:
         return PackedBatch(t, c, cu, self.max_seqlen, i)
 
     def to_padded(self, pad_to_multiple: int = PAD_TO_MULTIPLE) -> PaddedBatch:
-        """Right-pad to N = the longest molecule rounded up to ``pad_to_multiple`` (pad values 0)."""
+        """Right-pad to N = the longest molecule rounded up to ``pad_to_multiple`` (pad values 0).
+
+        On the CPU the scatter runs in numpy: tiny torch ops pay OpenMP start-up on every call, which on a loaded
+        machine costs milliseconds each (measured in benchmarks/bench_data.py)."""
         lengths = self.lengths
         B, T = len(lengths), self.tokens.shape[0]
         N = _round_up(self.max_seqlen, pad_to_multiple) if B else 0
-        row = torch.repeat_interleave(torch.arange(B), lengths)  # [T]
-        col = torch.arange(T) - self.cu_seqlens[:-1].to(torch.int64)[row]  # [T]
-        tokens = torch.zeros(B, N, dtype=self.tokens.dtype)  # [B, N]
-        coords = torch.zeros(B, N, 3, dtype=self.coords.dtype)  # [B, N, 3]
+        if self.tokens.device.type == "cpu":
+            n = lengths.numpy()
+            row = np.repeat(np.arange(B), n)  # [T]
+            col = np.arange(T) - np.repeat(self.cu_seqlens[:-1].numpy().astype(np.int64), n)  # [T]
+            tokens = np.zeros((B, N), dtype=self.tokens.numpy().dtype)  # [B, N]
+            coords = np.zeros((B, N, 3), dtype=self.coords.numpy().dtype)  # [B, N, 3]
+            tokens[row, col] = self.tokens.numpy()
+            coords[row, col] = self.coords.numpy()
+            return PaddedBatch(torch.from_numpy(tokens), torch.from_numpy(coords), lengths, self.indices)
+        row = torch.repeat_interleave(torch.arange(B, device=lengths.device), lengths)  # [T]
+        col = torch.arange(T, device=lengths.device) - self.cu_seqlens[:-1].to(torch.int64)[row]  # [T]
+        tokens = self.tokens.new_zeros(B, N)  # [B, N]
+        coords = self.coords.new_zeros(B, N, 3)  # [B, N, 3]
         tokens[row, col] = self.tokens
         coords[row, col] = self.coords
         return PaddedBatch(tokens, coords, lengths, self.indices)
