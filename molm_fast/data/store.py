@@ -49,6 +49,28 @@ class MoleculeStore:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def subset(self, indices: Sequence[int] | np.ndarray) -> MoleculeStore:
+        """A new store holding molecules ``indices`` in that order (ids and record_index follow)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        counts = np.diff(self.offsets)[idx]
+        offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        first = np.cumsum(counts) - counts
+        atoms = np.arange(int(offsets[-1])) - np.repeat(first - self.offsets[idx], counts)  # [A'] source rows
+        return MoleculeStore(self.tokens[atoms], self.coords[atoms], offsets, self.record_index[idx],
+                             [self.ids[i] for i in idx])
+
+    @classmethod
+    def concatenate(cls, stores: Sequence[MoleculeStore]) -> MoleculeStore:
+        """Stores one after another (record_index kept as is: it refers to each store's own records)."""
+        if not stores:
+            raise ValueError("MoleculeStore.concatenate: needs at least one store")
+        counts = np.concatenate([np.diff(s.offsets) for s in stores])
+        offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        return cls(np.concatenate([s.tokens for s in stores]), np.concatenate([s.coords for s in stores]), offsets,
+                   np.concatenate([s.record_index for s in stores]), [i for s in stores for i in s.ids])
+
     def save(self, path: str | os.PathLike) -> None:
         np.savez(path, tokens=self.tokens, coords=self.coords, offsets=self.offsets, record_index=self.record_index,
                  ids=np.array(self.ids, dtype=str))

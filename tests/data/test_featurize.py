@@ -197,3 +197,29 @@ def test_store_roundtrip_and_dataloader(tmp_path):
         assert batch.tokens.shape[0] == int(batch.cu_seqlens[-1])
         seen += batch.indices.tolist()
     assert sorted(seen) == list(range(len(mols)))
+
+
+def test_store_subset_and_concatenate():
+    rng = _np_rng()
+    store = MoleculeStore.from_records(_records(_synthetic(rng)))
+    pick = rng.permutation(len(store))[:7]
+    sub = store.subset(pick)
+    assert sub.ids == [store.ids[i] for i in pick]
+    for j, i in enumerate(pick):
+        a, b = store.offsets[i], store.offsets[i + 1]
+        assert np.array_equal(sub.coords[sub.offsets[j]:sub.offsets[j + 1]], store.coords[a:b])
+        assert np.array_equal(sub.tokens[sub.offsets[j]:sub.offsets[j + 1]], store.tokens[a:b])
+    both = MoleculeStore.concatenate([sub, store])
+    assert len(both) == 7 + len(store) and both.ids == sub.ids + store.ids
+    assert torch.equal(both.batch([7, 8]).tokens, store.batch([0, 1]).tokens)
+    with pytest.raises(ValueError, match="at least one"):
+        MoleculeStore.concatenate([])
+
+
+@pytest.mark.gpu
+def test_to_padded_on_device_matches_cpu():
+    rng = _np_rng()
+    store = MoleculeStore.from_records(_records(_synthetic(rng)[6:]))
+    packed = store.batch(range(len(store)), layout="packed")
+    cpu, dev = packed.to_padded(), packed.to("cuda").to_padded()
+    assert torch.equal(dev.tokens.cpu(), cpu.tokens) and torch.equal(dev.coords.cpu(), cpu.coords)
