@@ -10,7 +10,7 @@ Records: ``MoleculeRecord`` (one per input item, status "ok"/"failed" + reason +
 Conformers: ``generate_conformers(items, ConformerConfig(...), workers=, cache=, progress=)`` (ETKDGv3 + MMFF,
 seeded, fallbacks, per-molecule time limit, processes, SQLite cache); ``embed_molecule``, ``conformer_from_smiles``.
 Readers: ``read_smiles``, ``read_text_pairs``, ``read_chebi20_mm``, ``read_qm9_csv``, ``read_pubchemqc_gap``,
-``read_sdf``, ``read_lmdb`` / ``write_lmdb``.
+``read_sdf``, ``read_lmdb`` / ``write_lmdb``, ``merge_properties`` (join a property table by id).
 3D-MoIT: ``computed_property_items`` (MW/LogP/TPSA/Complexity/HOMO/LUMO/gap/SCF QA with upstream templates),
 ``read_moit_json`` / ``write_moit_json``, ``InstructionItem``.
 """
@@ -42,6 +42,7 @@ from molm_fast.data.featurize import (
 from molm_fast.data.moit import InstructionItem, computed_property_items, read_moit_json, write_moit_json
 from molm_fast.data.readers import (
     HARTREE_TO_EV,
+    merge_properties,
     read_chebi20_mm,
     read_lmdb,
     read_pubchemqc_gap,
@@ -63,6 +64,6 @@ __all__ = [
     "featurize_packed", "featurize_reference", "mark_duplicates", "summarize",
     "conformer_from_smiles", "embed_molecule", "generate_conformers",
     "read_chebi20_mm", "read_lmdb", "read_pubchemqc_gap", "read_qm9_csv", "read_sdf", "read_smiles", "read_text_pairs",
-    "unescape_smiles", "write_lmdb",
+    "merge_properties", "unescape_smiles", "write_lmdb",
     "InstructionItem", "computed_property_items", "read_moit_json", "write_moit_json",
 ]

@@ -10,7 +10,9 @@ record with its reason, a repeated id gets a warning (``on_duplicate="fail"`` fa
                      every backslash of a SMILES doubled; ``\\\\`` -> ``\\`` (never valid SMILES, so always safe)
   read_chebi20_mm    ChEBI-20-MM CSV (TPSA, XLogP, IUPAC name, ...)
   read_qm9_csv       DeepChem QM9 CSV; HOMO/LUMO/gap converted Hartree -> eV (``homo_ev``, ``lumo_ev``, ``gap_ev``)
-  read_pubchemqc_gap PubChemQC-style gap CSV (``gap_ev``; no HOMO, LUMO or SCF in that file)
+  read_pubchemqc_gap PubChemQC-style gap CSV (``gap_ev``; no HOMO, LUMO or SCF in that file; the R .rda original
+                     next to it is not read: its CSV export holds the same table)
+  merge_properties   join a property table onto records by id (qm9_mini.sdf + qm9_mini.sdf.csv)
   read_sdf           .sdf, .sdf.gz, or a .zip of SDFs; 3D coordinates used as is, 2D ones left for RDKit
   read_lmdb          3D-MoLM LMDB of pickled dicts (PubChem: atoms/coordinates/smiles/description/...;
                      PubChemQC: atoms/coordinates_list/smi/cid); ``write_lmdb`` writes the PubChem layout
@@ -61,7 +63,7 @@ def read_smiles(path: str | os.PathLike, *, on_duplicate: str = "warn") -> list[
     return _finish("read_smiles", path, records, on_duplicate)
 
 
-def _table(name: str, path: str | os.PathLike, rows: Iterable[list[str]], *, id_col: str, smiles_col: str,
+def _table(name: str, path: str | os.PathLike, rows: Iterable[list[str]], *, id_col: str, smiles_col: str | None,
            float_cols: dict[str, float] | None = None, on_duplicate: str = "warn") -> list[MoleculeRecord]:
     """Rows (header first) -> records; float_cols maps a column to the factor its value is multiplied by."""
     float_cols = float_cols or {}
@@ -70,7 +72,7 @@ def _table(name: str, path: str | os.PathLike, rows: Iterable[list[str]], *, id_
     if header is None:
         raise ValueError(f"{name}: {path} is empty (no header)")
     header = [h.strip() for h in header]
-    missing = [c for c in (id_col, smiles_col, *float_cols) if c not in header]
+    missing = [c for c in (id_col, smiles_col, *float_cols) if c is not None and c not in header]
     if missing:
         raise ValueError(f"{name}: {path} lacks columns {missing}; header is {header}")
     col = {h: j for j, h in enumerate(header)}
@@ -84,14 +86,15 @@ def _table(name: str, path: str | os.PathLike, rows: Iterable[list[str]], *, id_
         if len(row) != len(header):
             rec.fail(f"row {i + 1} has {len(row)} fields, expected {len(header)}")
             continue
-        rec.id, rec.smiles = row[col[id_col]].strip(), unescape_smiles(row[col[smiles_col]].strip())
+        rec.id = row[col[id_col]].strip()
+        rec.smiles = unescape_smiles(row[col[smiles_col]].strip()) if smiles_col else None
         rec.properties = {h: row[j] for j, h in enumerate(header) if h not in (id_col, smiles_col) and h}
         for c, factor in float_cols.items():
             try:
                 rec.properties[c] = float(row[col[c]]) * factor if row[col[c]].strip() else math.nan
             except ValueError:
                 rec.fail(f"row {i + 1}: column {c!r} is not a number: {row[col[c]][:40]!r}")
-        if rec.ok and not rec.smiles:
+        if rec.ok and smiles_col and not rec.smiles:
             rec.fail(f"row {i + 1} has an empty SMILES")
     return _finish(name, path, records, on_duplicate)
 
@@ -114,10 +117,13 @@ def read_chebi20_mm(path: str | os.PathLike, *, on_duplicate: str = "warn") -> l
 
 def read_qm9_csv(path: str | os.PathLike, *, on_duplicate: str = "warn") -> list[MoleculeRecord]:
     """DeepChem QM9 CSV (``mol_id``, ``smiles``, ``homo``/``lumo``/``gap`` in Hartree, ...). Adds ``homo_ev``,
-    ``lumo_ev``, ``gap_ev`` (x 27.211386, as the reference answers use eV); the Hartree columns stay."""
+    ``lumo_ev``, ``gap_ev`` (x 27.211386, as the reference answers use eV); the Hartree columns stay. A table
+    without ``smiles`` (``qm9_mini.sdf.csv``) gives records without SMILES: ``merge_properties`` joins them onto
+    the SDF's records by id."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
-    records = _table("read_qm9_csv", path, rows, id_col="mol_id", smiles_col="smiles",
+    smiles_col = "smiles" if rows and "smiles" in [h.strip() for h in rows[0]] else None
+    records = _table("read_qm9_csv", path, rows, id_col="mol_id", smiles_col=smiles_col,
                      float_cols={"homo": 1.0, "lumo": 1.0, "gap": 1.0}, on_duplicate=on_duplicate)
     for r in records:
         if r.ok:
@@ -135,6 +141,22 @@ def read_pubchemqc_gap(path: str | os.PathLike, *, on_duplicate: str = "warn") -
         if r.ok:
             r.properties["gap_ev"] = r.properties["HOMO_LUMO_gap_eV"]
     return records
+
+
+def merge_properties(records: Sequence[MoleculeRecord], extra: Sequence[MoleculeRecord]) -> int:
+    """Add the properties of ``extra`` records to the ``records`` with the same id (first occurrence of each id in
+    ``extra``; existing keys are kept). Returns how many records received properties."""
+    by_id: dict[str, MoleculeRecord] = {}
+    for e in extra:
+        if e.ok:
+            by_id.setdefault(e.id, e)
+    n = 0
+    for r in records:
+        e = by_id.get(r.id)
+        if e is not None:
+            r.properties = {**e.properties, **r.properties}
+            n += 1
+    return n
 
 
 # ------------------------------------------------------------------------------------------------------ SDF

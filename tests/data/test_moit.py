@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from molm_fast.data import MoleculeRecord, read_chebi20_mm, read_qm9_csv
+from molm_fast.data import MoleculeRecord, merge_properties, read_chebi20_mm, read_qm9_csv, read_sdf
 from molm_fast.data.moit import (
     COMPUTED_2D,
     COMPUTED_3D,
@@ -104,3 +104,16 @@ def test_json_roundtrip_and_bad_elements(tmp_path):
     (tmp_path / "d.json").write_text("{\"a\": 1}")
     with pytest.raises(ValueError, match="JSON list"):
         read_moit_json(tmp_path / "d.json")
+
+
+def test_qm9_mini_sdf_joined_with_its_property_csv():
+    recs = read_sdf(DATA / "qm9" / "qm9_mini.sdf")
+    table = read_qm9_csv(DATA / "qm9" / "qm9_mini.sdf.csv")
+    assert len(table) == 21 and all(t.ok and t.smiles is None for t in table)
+    assert merge_properties(recs, table) == 21
+    assert all(r.source == "sdf" for r in recs)  # DFT geometries used as is
+    items, skipped = computed_property_items(recs[:1], ("HOMO", "LUMO", "HOMO-LUMO Gap"))
+    assert [it.output for it in items] == ["The HOMO for the input molecule is -10.550 eV.",
+                                           "The LUMO for the input molecule is 3.186 eV.",
+                                           "The HOMO-LUMO Gap for the input molecule is 13.736 eV."]
+    assert not skipped and items[0].input == "gdb_1"
