@@ -39,5 +39,12 @@ PYBIND11_MODULE(_C, m) {
         "out[b,i,j] = |x[b,i]-x[b,j]| for coords [B,N,3] (float32/float64), out [B,N,N] same dtype.",
         py::arg("coords"), py::arg("out"), py::arg("B"), py::arg("N"), py::arg("sxb"), py::arg("sxn"), py::arg("sxc"),
         py::arg("sob"), py::arg("soi"), py::arg("soj"), py::arg("dtype"));
+
+  m.def("qformer_cross_attention_forward_cpu", &molm_fast::qformer_cross_attention_forward_cpu,
+        "Q-Former cross-attention forward: (q, k, v, mask, cu_seqlens, out, lse, B, H, Q, N, D, scale, varlen, "
+        "q strides (b,h,q), k strides (b,h,n), v strides (b,h,n), dtype); out [B,H,Q,D], lse [B,H,Q] fp32 contiguous.");
+  m.def("qformer_cross_attention_backward_cpu", &molm_fast::qformer_cross_attention_backward_cpu,
+        "Q-Former cross-attention backward: (q, k, v, mask, cu_seqlens, lse, dout, dq, dk, dv, B, H, Q, N, D, "
+        "scale, varlen, q/k/v strides, dk/dv strides (b,h,n), dtype); out, dout, dq contiguous [B,H,Q,D].");
 }
 
