@@ -286,7 +286,8 @@ def generate_conformers(items: Sequence[str | Any | MoleculeRecord], config: Con
                 r.fail(result["reason"])
                 continue
             r.atoms, r.coordinates, r.source = list(result["atoms"]), result["coordinates"], result["source"]
-            r.warnings.extend(result["warnings"])
+            for w in result["warnings"]:
+                r.warn(w)
             check_structure(r)
 
     for raw, result in hits.items():

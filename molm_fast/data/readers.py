@@ -230,7 +230,7 @@ def _sdf_record(i: int, block: str) -> MoleculeRecord:
         rec.coordinates, rec.source = conf.GetPositions(), "sdf"
         check_structure(rec)
     else:
-        rec.warnings.append("SDF coordinates are 2D: generate a 3D conformer (generate_conformers)")
+        rec.warn("SDF coordinates are 2D and not used: generate_conformers embeds the molecule in 3D")
     return rec
 
 

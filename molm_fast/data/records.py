@@ -47,6 +47,11 @@ class MoleculeRecord:
     def has_coordinates(self) -> bool:
         return self.ok and self.coordinates is not None
 
+    def warn(self, message: str) -> None:
+        """Add a warning once (checks may run more than once on a record)."""
+        if message not in self.warnings:
+            self.warnings.append(message)
+
     def fail(self, reason: str) -> MoleculeRecord:
         """Mark failed (coordinates dropped) and return self."""
         self.status, self.reason, self.atoms, self.coordinates = FAILED, reason, None, None
@@ -71,14 +76,14 @@ def check_structure(record: MoleculeRecord, *, max_atoms: int = MAX_ATOMS) -> Mo
         record.coordinates = xyz.astype(np.float32)
     unknown = unknown_elements(atoms)
     if unknown:
-        record.warnings.append(f"elements outside the Uni-Mol dictionary map to [UNK]: {', '.join(unknown)}")
+        record.warn(f"elements outside the Uni-Mol dictionary map to [UNK]: {', '.join(unknown)}")
     heavy = sum(a != "H" for a in atoms)
     if heavy == 0:
-        record.warnings.append(f"hydrogens only: keeps its {len(atoms)} hydrogens")
+        record.warn(f"hydrogens only: keeps its {len(atoms)} hydrogens")
     elif heavy > max_atoms:
-        record.warnings.append(f"{heavy} heavy atoms > {max_atoms}: randomly cropped to {max_atoms} at featurisation")
+        record.warn(f"{heavy} heavy atoms > {max_atoms}: randomly cropped to {max_atoms} at featurisation")
     if record.source == "2d":
-        record.warnings.append("3D embedding failed: 2D coordinates (z = 0) used as the last resort")
+        record.warn("3D embedding failed: 2D coordinates (z = 0) used as the last resort")
     return record
 
 
@@ -93,7 +98,7 @@ def mark_duplicates(records: Sequence[MoleculeRecord], *, on_duplicate: str = "w
             if on_duplicate == "fail":
                 r.fail(msg)
             else:
-                r.warnings.append(msg)
+                r.warn(msg)
         else:
             first[r.id] = r.index
 

@@ -117,6 +117,12 @@ def test_bad_input_keeps_count_order_and_reasons():
     assert any("hydrogens only" in w for w in recs[4].warnings) and recs[4].atoms == ["H", "H"]
     assert any("[UNK]: Pt" in w for w in recs[5].warnings)
     assert recs[6] is mol3d and recs[6].source == "sdf" and np.array_equal(recs[6].coordinates, original)
+    big = read_sdf(DATA / "qm9" / "qm9_mini.sdf")[:1]
+    big[0].atoms = ["Xe"] * len(big[0].atoms)
+    for _ in range(2):  # checks run again on records passed back in: each warning is listed once
+        generate_conformers(read_sdf(DATA / "qm9" / "qm9_mini.sdf")[:1], workers=0, progress=False)
+        generate_conformers(big, workers=0, progress=False)
+    assert big[0].warnings == ["elements outside the Uni-Mol dictionary map to [UNK]: Xe"]
     assert recs[8].source == "etkdg"
     with pytest.raises(TypeError, match="item 0"):
         generate_conformers([42], workers=0, progress=False)
