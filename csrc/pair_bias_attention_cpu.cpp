@@ -4,7 +4,7 @@
 //   dp = dO v^T (* dropout scale), ds = p (dp - rowsum(dO * O)), dlogits = ds + grad_logits,
 //   dq = scale dlogits k, dk = dlogits^T (q scale), dv = (p * dropout scale)^T dO, dbias = dlogits.
 // OpenMP over (molecule, head); one row at a time with the whole row in a thread-local buffer (N <= a few
-// hundred), loops laid out so they vectorise without reassociation (K and V held transposed [D][n]).
+// hundred); K and V held transposed [D][n] so every inner loop runs over contiguous keys and vectorises.
 // Padded ([B, H, N, *] with strides) and packed (cu_seqlens, 1-D pair blocks) share one body: a Problem
 // describes one (molecule, head). fp32/fp64/bf16 in; fp32 math (fp64 for fp64): the softmax uses the fp32 logits
 // (bf16 only on the way out). Dropout: Philox (common.h), the same mask as Triton and the reference.
@@ -80,6 +80,49 @@ std::vector<int64_t> pair_starts(const Layout& L) {  // exclusive cumsum of n_b^
   return s;
 }
 
+// row[j] = sum_d a[d] * mt[d * n + j]: with D known at compile time the d loop unrolls and the j loop vectorises.
+template <typename S, int DC>
+inline void rowdot(S* __restrict row, const S* __restrict a, const S* __restrict mt, int64_t n, int64_t Drt) {
+  if constexpr (DC > 0) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      S acc = 0;
+      for (int d = 0; d < DC; ++d) acc += a[d] * mt[d * n + j];
+      row[j] = acc;
+    }
+  } else {
+    for (int64_t j = 0; j < n; ++j) row[j] = 0;
+    for (int64_t d = 0; d < Drt; ++d)
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) row[j] += a[d] * mt[d * n + j];
+  }
+}
+
+// out[d] = sum_j x[j] * mt[d * n + j] (contiguous dot products over j).
+template <typename S, int DC>
+inline void coldot(S* __restrict out, const S* __restrict x, const S* __restrict mt, int64_t n, int64_t Drt) {
+  const int64_t D = DC ? DC : Drt;
+  for (int64_t d = 0; d < D; ++d) {
+    S acc = 0;
+    const S* md = mt + d * n;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < n; ++j) acc += x[j] * md[j];
+    out[d] = acc;
+  }
+}
+
+// mt[d * n + j] += x[j] * a[d] for every d and j.
+template <typename S, int DC>
+inline void rank1_update(S* __restrict mt, const S* __restrict x, const S* __restrict a, int64_t n, int64_t Drt) {
+  const int64_t D = DC ? DC : Drt;
+  for (int64_t d = 0; d < D; ++d) {
+    const S ad = a[d];
+    S* md = mt + d * n;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) md[j] += x[j] * ad;
+  }
+}
+
 template <typename S>
 struct Dropout {
   float p;
@@ -95,31 +138,28 @@ MOLM_FAST_MULTIVERSION void forward_one(const Problem& P, int64_t Drt, const T* 
   const int64_t D = DC ? DC : Drt, n = P.n;
   buf.resize((2 * D + 1) * n + D);
   S* kt = buf.data();      // [D][n]
-  S* vr = kt + D * n;      // [n][D]
-  S* row = vr + D * n;     // [n]
+  S* vt = kt + D * n;      // [D][n]
+  S* row = vt + D * n;     // [n]
   S* qs = row + n;         // [D]
   for (int64_t j = 0; j < n; ++j)
     for (int64_t d = 0; d < D; ++d) {
       kt[d * n + j] = Io<S>::load(k[P.at[kK] + j * P.row[kK] + d]);
-      vr[j * D + d] = Io<S>::load(v[P.at[kV] + j * P.row[kV] + d]);
+      vt[d * n + j] = Io<S>::load(v[P.at[kV] + j * P.row[kV] + d]);
     }
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t d = 0; d < D; ++d) qs[d] = Io<S>::load(q[P.at[kQ] + i * P.row[kQ] + d]) * scale;
     const T* brow = bias + P.bias + i * P.bias_i;
-    for (int64_t j = 0; j < n; ++j) row[j] = 0;
-    for (int64_t d = 0; d < D; ++d) {
-      const S qd = qs[d];
-      const S* kd = kt + d * n;
-      for (int64_t j = 0; j < n; ++j) row[j] += qd * kd[j];
-    }
+    rowdot<S, DC>(row, qs, kt, n, D);
     T* lrow = logits + P.pair + i * n;
-    S m = -std::numeric_limits<S>::infinity();
-    for (int64_t j = 0; j < n; ++j) {
-      const S s = row[j] + Io<S>::load(brow[j * P.bias_j]);
-      Io<S>::store(lrow + j, s);
-      row[j] = s;
-      m = s > m ? s : m;
+    if (P.bias_j == 1) {
+      for (int64_t j = 0; j < n; ++j) row[j] += Io<S>::load(brow[j]);
+    } else {
+      for (int64_t j = 0; j < n; ++j) row[j] += Io<S>::load(brow[j * P.bias_j]);
     }
+    for (int64_t j = 0; j < n; ++j) Io<S>::store(lrow + j, row[j]);
+    S m = -std::numeric_limits<S>::infinity();
+#pragma omp simd reduction(max : m)
+    for (int64_t j = 0; j < n; ++j) m = row[j] > m ? row[j] : m;
     T* orow = out + P.at[kOut] + i * P.row[kOut];
     if (m == -std::numeric_limits<S>::infinity()) {  // no key: out 0, LSE -inf (never NaN)
       for (int64_t d = 0; d < D; ++d) Io<S>::store(orow + d, S(0));
@@ -139,13 +179,8 @@ MOLM_FAST_MULTIVERSION void forward_one(const Problem& P, int64_t Drt, const T* 
     } else {
       for (int64_t j = 0; j < n; ++j) row[j] *= inv;
     }
-    S acc[DC ? DC : 64];
-    for (int64_t d = 0; d < D; ++d) acc[d] = 0;
-    for (int64_t j = 0; j < n; ++j) {
-      const S pj = row[j];
-      for (int64_t d = 0; d < D; ++d) acc[d] += pj * vr[j * D + d];
-    }
-    for (int64_t d = 0; d < D; ++d) Io<S>::store(orow + d, acc[d]);
+    coldot<S, DC>(qs, row, vt, n, D);  // out row = p v (qs is free now)
+    for (int64_t d = 0; d < D; ++d) Io<S>::store(orow + d, qs[d]);
   }
 }
 
@@ -155,9 +190,8 @@ MOLM_FAST_MULTIVERSION void backward_one(const Problem& P, int64_t Drt, const T*
                                          T* dk, T* dv, T* dbias, S scale, const Dropout<S>* drop,
                                          std::vector<S>& buf) {
   const int64_t D = DC ? DC : Drt, n = P.n;
-  buf.resize((5 * D + 2) * n + 2 * D);
-  S* kr = buf.data();      // [n][D]
-  S* kt = kr + D * n;      // [D][n]
+  buf.resize((4 * D + 2) * n + 2 * D);
+  S* kt = buf.data();      // [D][n]
   S* vt = kt + D * n;      // [D][n]
   S* dkt = vt + D * n;     // [D][n]
   S* dvt = dkt + D * n;    // [D][n]
@@ -167,7 +201,7 @@ MOLM_FAST_MULTIVERSION void backward_one(const Problem& P, int64_t Drt, const T*
   S* g = qs + D;           // [D]
   for (int64_t j = 0; j < n; ++j)
     for (int64_t d = 0; d < D; ++d) {
-      kr[j * D + d] = kt[d * n + j] = Io<S>::load(k[P.at[kK] + j * P.row[kK] + d]);
+      kt[d * n + j] = Io<S>::load(k[P.at[kK] + j * P.row[kK] + d]);
       vt[d * n + j] = Io<S>::load(v[P.at[kV] + j * P.row[kV] + d]);
     }
   for (int64_t x = 0; x < 2 * D * n; ++x) dkt[x] = 0;  // dkt and dvt
@@ -180,23 +214,18 @@ MOLM_FAST_MULTIVERSION void backward_one(const Problem& P, int64_t Drt, const T*
       g[d] = Io<S>::load(grow[d]);
       delta += g[d] * Io<S>::load(orow[d]);
     }
-    for (int64_t j = 0; j < n; ++j) pd[j] = 0;  // the logits again, exactly as the forward made them
-    for (int64_t d = 0; d < D; ++d) {
-      const S qd = qs[d];
-      const S* kd = kt + d * n;
-      for (int64_t j = 0; j < n; ++j) pd[j] += qd * kd[j];
-    }
-    for (int64_t j = 0; j < n; ++j) dl[j] = 0;  // dp = dO v^T
-    for (int64_t d = 0; d < D; ++d) {
-      const S gd = g[d];
-      const S* vd = vt + d * n;
-      for (int64_t j = 0; j < n; ++j) dl[j] += gd * vd[j];
-    }
+    rowdot<S, DC>(pd, qs, kt, n, D);  // the logits again, exactly as the forward made them
+    rowdot<S, DC>(dl, g, vt, n, D);   // dp = dO v^T
     const S l = lse[P.lse + i * P.lse_i];
     const bool empty = l == -std::numeric_limits<S>::infinity();
     const T* brow_in = bias + P.bias + i * P.bias_i;
+    if (P.bias_j == 1) {
+      for (int64_t j = 0; j < n; ++j) pd[j] += Io<S>::load(brow_in[j]);
+    } else {
+      for (int64_t j = 0; j < n; ++j) pd[j] += Io<S>::load(brow_in[j * P.bias_j]);
+    }
     for (int64_t j = 0; j < n; ++j) {
-      const S p = empty ? S(0) : exp_(pd[j] + Io<S>::load(brow_in[j * P.bias_j]) - l);
+      const S p = empty ? S(0) : exp_(pd[j] - l);
       const S f = drop ? drop->factor(uint64_t(P.pair + i * n + j)) : S(1);
       pd[j] = p * f;
       dl[j] = p * (dl[j] * f - delta);
@@ -208,22 +237,11 @@ MOLM_FAST_MULTIVERSION void backward_one(const Problem& P, int64_t Drt, const T*
     }
     for (int64_t j = 0; j < n; ++j) Io<S>::store(brow + j, dl[j]);
     S acc[DC ? DC : 64];
-    for (int64_t d = 0; d < D; ++d) acc[d] = 0;
-    for (int64_t j = 0; j < n; ++j) {
-      const S dlj = dl[j];
-      for (int64_t d = 0; d < D; ++d) acc[d] += dlj * kr[j * D + d];
-    }
+    coldot<S, DC>(acc, dl, kt, n, D);  // dq row = scale dlogits k
     T* dqrow = dq + P.at[kDq] + i * P.row[kDq];
     for (int64_t d = 0; d < D; ++d) Io<S>::store(dqrow + d, acc[d] * scale);
-    for (int64_t d = 0; d < D; ++d) {
-      const S qd = qs[d], gd = g[d];
-      S* dkd = dkt + d * n;
-      S* dvd = dvt + d * n;
-      for (int64_t j = 0; j < n; ++j) {
-        dkd[j] += dl[j] * qd;
-        dvd[j] += pd[j] * gd;
-      }
-    }
+    rank1_update<S, DC>(dkt, dl, qs, n, D);
+    rank1_update<S, DC>(dvt, pd, g, n, D);
   }
   for (int64_t j = 0; j < n; ++j)
     for (int64_t d = 0; d < D; ++d) {
