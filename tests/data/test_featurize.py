@@ -223,3 +223,26 @@ def test_to_padded_on_device_matches_cpu():
     packed = store.batch(range(len(store)), layout="packed")
     cpu, dev = packed.to_padded(), packed.to("cuda").to_padded()
     assert torch.equal(dev.tokens.cpu(), cpu.tokens) and torch.equal(dev.coords.cpu(), cpu.coords)
+
+
+def test_real_molecule_over_256_heavy_atoms_is_cropped():
+    from molm_fast.data import read_text_pairs
+
+    rec = next(r for r in read_text_pairs(DATA / "pubchem324k" / "test.txt") if r.id == "137528228")
+    mol = Chem.AddHs(Chem.MolFromSmiles(rec.smiles))
+    atoms = [a.GetSymbol() for a in mol.GetAtoms()]  # the real molecule's atoms, H included
+    xyz = _np_rng().normal(size=(len(atoms), 3)) * 15  # embedding 483 heavy atoms is too slow for a unit test
+    rec.atoms, rec.coordinates, rec.source = atoms, xyz, "sdf"
+    check_structure(rec)
+    assert "483 heavy atoms > 256" in rec.warnings[0]
+    store = MoleculeStore.from_records([rec])
+    seed = int(_np_rng().integers(2**31))
+    batch = store.batch([0], seed=seed)
+    assert batch.tokens.shape == (1, 264) and int(batch.lengths[0]) == 258
+    heavy = np.array([a != "H" for a in atoms])
+    keep = crop_rng(seed, 0).permutation(483)[:256]
+    sym, kept = np.array(atoms)[heavy][keep], xyz[heavy][keep].astype(np.float32)
+    assert batch.tokens[0, 1:257].tolist() == [ATOM_SYMBOLS.index(s) for s in sym]
+    assert_close_to_reference(batch.coords[0, 1:257], torch.as_tensor(kept - kept.mean(0)), name="cropped coords")
+    ref_tokens, ref_coords = featurize_reference(atoms, xyz, rng=crop_rng(seed, 0))
+    assert torch.equal(batch.tokens[0, :258], torch.as_tensor(ref_tokens))
