@@ -116,9 +116,20 @@ class MoLM(nn.Module):
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (d / name).is_file():
                 raise FileNotFoundError(f"MoLM.from_pretrained: {d / name} does not exist")
-        cfg = MoLMConfig.from_dict(json.loads((d / CONFIG_NAME).read_text()))
+        raw = json.loads((d / CONFIG_NAME).read_text())
+        cfg = MoLMConfig.from_dict(raw)
         if llm_path is not None and cfg.llm is not None:
             cfg.llm.path = llm_path
         model = cls(cfg, tokenizer=tokenizer)
-        import_state_dict(model, load_file(str(d / WEIGHTS_NAME)), what=f"MoLM.from_pretrained({d})")
+        if raw.get("base_model") is None:
+            import_state_dict(model, load_file(str(d / WEIGHTS_NAME)), what=f"MoLM.from_pretrained({d})")
+            return model
+        # a training checkpoint (molm_fast.training): trainable weights only, everything else from its base folder
+        from molm_fast.models.checkpoint import load_into
+
+        base = d / raw["base_model"]
+        import_state_dict(model, load_file(str(base / WEIGHTS_NAME)), what=f"MoLM.from_pretrained({base})")
+        report = load_into(model, load_file(str(d / WEIGHTS_NAME)), what=f"MoLM.from_pretrained({d})")
+        if report.unexpected:
+            raise ValueError(f"MoLM.from_pretrained({d}): keys the model does not have: {report.unexpected[:10]}")
         return model

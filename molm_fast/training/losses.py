@@ -108,10 +108,11 @@ def mtm_labels(B: int, device: torch.device | str) -> torch.Tensor:
 
 
 def mtm_loss(query_logits: torch.Tensor) -> torch.Tensor:
-    """query_logits [3B, Q, 2] = gtm_head(query outputs); logit = mean over queries; CE with mtm_labels."""
-    if query_logits.dim() != 3 or query_logits.shape[0] % 3 or query_logits.shape[2] != 2:
-        raise ValueError(f"mtm_loss: query_logits must be [3B, Q, 2], got {list(query_logits.shape)}")
-    logits = query_logits.float().mean(dim=1)  # [3B, 2]
+    """query_logits [3B, Q, 2] = gtm_head(query outputs), or [3B, 2] already averaged over the queries
+    (``QFormer.match_logits``); logit = mean over queries; CE with mtm_labels."""
+    if query_logits.dim() not in (2, 3) or query_logits.shape[0] % 3 or query_logits.shape[-1] != 2:
+        raise ValueError(f"mtm_loss: query_logits must be [3B, Q, 2] or [3B, 2], got {list(query_logits.shape)}")
+    logits = query_logits.float().mean(dim=1) if query_logits.dim() == 3 else query_logits.float()  # [3B, 2]
     return F.cross_entropy(logits, mtm_labels(query_logits.shape[0] // 3, query_logits.device))
 
 

@@ -1,11 +1,14 @@
 """Stage 2/3 sequence layouts for the causal LM: packed (fast) and padded (reference), same loss.
 
 Packed: the B samples of a micro-batch are concatenated into one row of T = sum of their lengths, with
-position_ids restarting at 0 for each sample and NO attention mask. Hugging Face Llama (transformers >= 4.54)
-then builds a block-diagonal causal mask from the position resets (``find_packed_sequence_indices``; varlen
-cu_seqlens under flash-attention), so every token attends only inside its own sample and no pad token is
-computed. ``use_cache=False`` is required (a cache disables the detection). The first label of every sample is
--100 (it is the prompt's BOS), so the shifted loss never crosses a sample boundary.
+position_ids restarting at 0 for each sample and NO attention mask. Any Hugging Face Llama attention then keeps
+each token inside its own sample: sdpa/eager through a block-diagonal causal mask built from the position resets
+(transformers >= 4.54, ``find_packed_sequence_indices``; ``use_cache=False`` is required), flash-attention through
+varlen cu_seqlens. Those dense masks still compute all T^2 scores, so ``use_packed_attention(model)`` installs
+``packed_attention_forward`` (registered as ``molm_fast_packed``): given ``packed_attention_kwargs(cu_seqlens)``
+it runs causal attention per sample (torch's FlashAttention ``varlen_attn`` on CUDA, one SDPA call per sample
+elsewhere: sum n_b^2 scores, nothing across samples); without them it is plain sdpa (padded batches, generation).
+The first label of every sample is -100 (the prompt's BOS), so the shifted loss never crosses a sample boundary.
 Padded: upstream's TrainCollater layout (spec 3d-molm.md §1.4): LEFT padding with the pad id to ``max_length``
 (stage 2) or to the longest sample (stage 3), attention_mask 0 on pads, labels -100 on pads; positions 0..L-1
 including pads, as HF does without explicit position_ids. RoPE is relative, so both layouts give the same
@@ -19,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 
 def _check(input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], fn: str) -> None:
@@ -75,6 +79,49 @@ def pad_sequences(input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[
     return {"input_ids": ids, "attention_mask": mask, "labels": lab,
             "stats": {"molecules": B, "real_tokens": real, "token_slots": B * L,
                       "target_tokens": int((lab != -100).sum())}}
+
+
+PACKED_ATTENTION = "molm_fast_packed"
+
+
+def packed_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                             cu_seq_lens_q=None, max_length_q=None, **kwargs):
+    """HF attention interface. query [1, H, T, D], key/value [1, Hkv, T, D] -> ([1, T, H, D], None)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if cu_seq_lens_q is None:  # not packed: the standard sdpa path with HF's mask
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    gqa = query.shape[1] != key.shape[1]
+    if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and dropout == 0.0:
+        from torch.nn.attention.varlen import varlen_attn
+
+        q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, H, D]
+        out = varlen_attn(q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q, scale=scaling,
+                          window_size=(-1, 0), enable_gqa=gqa)  # [T, H, D]
+        return out[None], None
+    bounds = cu_seq_lens_q.tolist()
+    outs = [F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], is_causal=True,
+                                           dropout_p=dropout, scale=scaling, enable_gqa=gqa)
+            for a, b in zip(bounds[:-1], bounds[1:])]  # each [1, H, n_b, D]
+    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None  # [1, T, H, D]
+
+
+def use_packed_attention(model) -> None:
+    """Register ``packed_attention_forward`` (and sdpa's mask builder for unpacked calls) and switch ``model``'s
+    attention to it."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_attention_forward)
+    AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
+    model.set_attn_implementation(PACKED_ATTENTION)
+
+
+def packed_attention_kwargs(cu_seqlens: torch.Tensor, max_seqlen: int) -> dict:
+    """The forward kwargs that route a packed row through per-sample attention (flash-attention's names)."""
+    return {"cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens, "max_length_q": max_seqlen,
+            "max_length_k": max_seqlen}
 
 
 def unpack_rows(packed: torch.Tensor, cu_seqlens: torch.Tensor) -> list[torch.Tensor]:

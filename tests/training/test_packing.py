@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from molm_fast.training.losses import lm_loss
-from molm_fast.training.packing import pack_sequences, pad_sequences, unpack_rows
+from molm_fast.training.packing import (
+    pack_sequences,
+    packed_attention_kwargs,
+    pad_sequences,
+    unpack_rows,
+    use_packed_attention,
+)
 from tests.utils import assert_close_to_reference
 
 
@@ -29,16 +35,22 @@ def _samples(lengths):
     return ids, labels
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "molm_fast_packed"])
 @pytest.mark.parametrize("lengths", [[1, 2], [7, 3, 12], [5], [9, 9, 1, 30]])
 def test_packed_equals_padded(attn, lengths):
     torch.manual_seed(torch.initial_seed() % 2**31)
-    model = _tiny_llama(attn)
+    model = _tiny_llama("sdpa" if attn == "molm_fast_packed" else attn)
+    extra = {}
+    if attn == "molm_fast_packed":
+        use_packed_attention(model)
     ids, labels = _samples(lengths)
     packed = pack_sequences(ids, labels)
     padded = pad_sequences(ids, labels, pad_id=0, max_length=max(lengths) + 3)
+    if attn == "molm_fast_packed":
+        extra = packed_attention_kwargs(packed["cu_seqlens"], packed["max_seqlen"])
     with torch.no_grad():
-        lp = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
+        lp = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False,
+                   **extra).logits
         lr = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"], use_cache=False).logits
     L = padded["input_ids"].shape[1]
     for b, rows in enumerate(unpack_rows(lp, packed["cu_seqlens"])):
