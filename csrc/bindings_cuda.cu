@@ -25,4 +25,9 @@ PYBIND11_MODULE(_C_cuda, m) {
         "out[b,i,j] = |x[b,i]-x[b,j]| for coords [B,N,3] (float32/float64) on the GPU; stream is a cudaStream_t int.",
         py::arg("coords"), py::arg("out"), py::arg("B"), py::arg("N"), py::arg("sxb"), py::arg("sxn"), py::arg("sxc"),
         py::arg("sob"), py::arg("soi"), py::arg("soj"), py::arg("dtype"), py::arg("stream"));
+
+  m.def("qformer_cross_attention_forward_cuda", &molm_fast::qformer_cross_attention_forward_cuda,
+        "Q-Former cross-attention forward on the GPU: the CPU entry's arguments, then stream (cudaStream_t int).");
+  m.def("qformer_cross_attention_backward_cuda", &molm_fast::qformer_cross_attention_backward_cuda,
+        "Q-Former cross-attention backward on the GPU: the CPU entry's arguments, then stream (cudaStream_t int).");
 }

@@ -24,4 +24,17 @@ void gaussian_pair_bias_backward_cuda(uintptr_t grad, uintptr_t coords, uintptr_
 void pairwise_distance_forward_cuda(uintptr_t coords, uintptr_t out, int64_t B, int64_t N, int64_t sxb, int64_t sxn,
                                     int64_t sxc, int64_t sob, int64_t soi, int64_t soj, int dtype, uintptr_t stream);
 
+// qformer_cross_attention.cu
+void qformer_cross_attention_forward_cuda(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t mask, uintptr_t cu_seqlens,
+                                          uintptr_t out, uintptr_t lse, int64_t B, int64_t H, int64_t Q, int64_t N,
+                                          int64_t D, double scale, int varlen, int64_t sqb, int64_t sqh, int64_t sqq,
+                                          int64_t skb, int64_t skh, int64_t skn, int64_t svb, int64_t svh,
+                                          int64_t svn, int dtype, uintptr_t stream);
+void qformer_cross_attention_backward_cuda(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t mask, uintptr_t cu_seqlens,
+                                           uintptr_t lse, uintptr_t dout, uintptr_t dq, uintptr_t dk, uintptr_t dv,
+                                           int64_t B, int64_t H, int64_t Q, int64_t N, int64_t D, double scale,
+                                           int varlen, int64_t sqb, int64_t sqh, int64_t sqq, int64_t skb, int64_t skh,
+                                           int64_t skn, int64_t svb, int64_t svh, int64_t svn, int64_t sdkb,
+                                           int64_t sdkh, int64_t sdkn, int dtype, uintptr_t stream);
+
 }  // namespace molm_fast
