@@ -38,12 +38,12 @@ class BertSelfAttention(nn.Module):
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)  # [B, H, L, D]
 
     def forward(self, x, mask=None, past: tuple | None = None, keys=None, key_mask=None):
-        """Self-attention (``keys`` None; additive ``mask`` [B, 1, Lq|1, Lk]) or cross-attention to ``keys``."""
+        """Self-attention (``keys`` None; additive ``mask`` [B, 1, Lq|1, Lk]) or cross-attention to ``keys`` = this
+        layer's projected (k, v) [B, H, N, D] (``QFormer.cross_kv`` computes every layer's in one GEMM)."""
         q = self.heads(self.query(x))  # [B, H, L, D]
         p = self.dropout_p if self.training else 0.0
         if keys is not None:  # cross-attention: the op adds (1 - key_mask) * finfo.min, as LAVIS
-            out = ops.qformer_cross_attention(q, self.heads(self.key(keys)), self.heads(self.value(keys)),
-                                              key_mask=key_mask, dropout_p=p)
+            out = ops.qformer_cross_attention(q, *keys, key_mask=key_mask, dropout_p=p)
             return out.transpose(1, 2).flatten(-2), None
         k, v = self.heads(self.key(x)), self.heads(self.value(x))
         if past is not None:
@@ -233,10 +233,20 @@ class QFormer(nn.Module):
         return ops.qformer_key_mask(padding_mask, corrected=self.config.corrected_mask)
 
     # ---- passes --------------------------------------------------------------------------------------------
+    def cross_kv(self, keys: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(k, v) [B, H, N, D] of every cross-attention layer from ONE GEMM over ln_graph(atom states) [B, N, 512]
+        (``ops.qformer_cross_kv``: the layers' key/value weights concatenated, [6 * 2 * 768, 512] in the paper)."""
+        attn = [layer.crossattention.self for layer in self.Qformer.bert.encoder.layer if layer.has_cross_attention]
+        weight = torch.cat([w for a in attn for w in (a.key.weight, a.value.weight)])  # [L * 2 * C, 512]
+        bias = torch.cat([b for a in attn for b in (a.key.bias, a.value.bias)])
+        return ops.qformer_cross_kv(keys, weight, bias, len(attn), self.config.num_heads)
+
     def _run(self, x, mask, query_length, keys=None, key_mask=None, past: Cache | None = None):
         cache: Cache = []
+        cross = iter(self.cross_kv(keys)) if keys is not None and query_length > 0 else None
         for i, layer in enumerate(self.Qformer.bert.encoder.layer):
-            x, kv = layer(x, mask, query_length, keys, key_mask, None if past is None else past[i])
+            kv_i = next(cross) if cross is not None and layer.has_cross_attention else None
+            x, kv = layer(x, mask, query_length, kv_i, key_mask, None if past is None else past[i])
             cache.append(kv)
         return x, cache
 
@@ -248,6 +258,18 @@ class QFormer(nn.Module):
         x = self.Qformer.bert.embeddings(query_embeds=queries)
         z, cache = self._run(x, None, queries.shape[1], keys, self.key_mask(padding_mask))
         return (z, cache) if return_cache else z
+
+    @staticmethod
+    def trim_text_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dynamic text padding: drop the trailing columns no text in the batch uses (a batch tokenized to a fixed
+        256 shrinks to its longest text). Exact for every real position: pad keys get -10000, whose exp is 0."""
+        used = attention_mask.bool().any(0).nonzero()
+        L = int(used.max()) + 1 if used.numel() else 1
+        return input_ids[:, :L], attention_mask[:, :L]
+
+    def text_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Normalized 256-d text features [B, embed_dim] of a text-only pass over the dynamically trimmed batch."""
+        return self.text_features(self.text_forward(*self.trim_text_padding(input_ids, attention_mask)))
 
     def text_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Text-only pass (stage 1): [B, L] ids and 0/1 mask -> [B, L, C]; [CLS] at position 0."""
