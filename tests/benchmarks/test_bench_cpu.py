@@ -53,3 +53,20 @@ def test_every_bench_module_follows_the_pattern(name):
     module = importlib.import_module(f"benchmarks.bench_{name}")
     assert callable(getattr(module, "run", None)), f"benchmarks/bench_{name}.py must define run(r: harness.Run)"
     assert inspect.signature(module.run).parameters, f"bench_{name}.run must take the harness.Run"
+
+
+@pytest.mark.parametrize("provider", ["molm_fast:cpp", "molm_fast:cpp[packed]"])
+def test_gaussian_pair_bias_cpu_paths(benchmark, provider):
+    """The C++ path (padded and packed) at a tiny real-mix batch, against the reference on the same inputs."""
+    from benchmarks import bench_gaussian_pair_bias as bench
+
+    if "molm_fast:cpp" not in {f"molm_fast:{b}" for b in harness.molm_backends(bench.OP, torch.device("cpu"))}:
+        pytest.skip("the cpp backend is not built here")
+    ns = harness.sample_sizes("pubchem324k", 3, seed=1)
+    args = bench._inputs(ns, torch.device("cpu"), torch.float32, torch.Generator().manual_seed(0), grad=False)
+    providers = bench._providers(torch.device("cpu"), packed=True, compiled=False)
+    out = benchmark.pedantic(providers[provider], args=args, rounds=3, iterations=1, warmup_rounds=1)
+    ref = providers["reference"](*args)  # [B, H, N, N] padded
+    if provider.endswith("[packed]"):  # packed pair tensor: molecule b's block is [H, n_b, n_b] (HELPERS contract)
+        ref = torch.cat([ref[b, :, :n, :n].reshape(-1) for b, n in enumerate(ns)])
+    assert_close_to_reference(out, ref, name=provider)
