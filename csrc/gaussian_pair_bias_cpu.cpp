@@ -50,35 +50,20 @@ inline int thread_id() {
 #endif
 }
 
-// exp for x <= 88: Cody-Waite reduction + cephes' degree-6 polynomial, ~2 ulp, no branches (vectorises).
-// Below e^-80 it returns 0: the Gaussians' far tails would otherwise make denormals, which cost ~100 cycles
-// each in every later multiply (an error of at most 2e-35 absolute).
-inline float fast_exp(float x) {
-  const bool tiny = x < -80.0f;
-  x = tiny ? -80.0f : (x > 88.0f ? 88.0f : x);
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  return tiny ? 0.0f : p * __builtin_bit_cast(float, (static_cast<int>(n) + 127) << 23);
-}
-inline double fast_exp(double x) { return std::exp(x); }
+// exp in the compute dtype: fp32 takes common.h's vectorisable fast_exp (the far Gaussian tails it returns as
+// tiny normals or 0; the kernels flush denormals), fp64 (gradcheck) takes libm.
+inline float exp_s(float x) { return fast_exp(x); }
+inline double exp_s(double x) { return std::exp(x); }
 
 // erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7), the form ATen's vectorised erf uses.
-inline float fast_erf(float x) {
+inline float erf_s(float x) {
   const float a = x < 0 ? -x : x;
   const float t = 1.0f / (1.0f + 0.3275911f * a);
   const float p = ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f) * t;
-  const float y = 1.0f - p * fast_exp(-a * a);
+  const float y = 1.0f - p * exp_s(-a * a);
   return x < 0 ? -y : y;
 }
-inline double fast_erf(double x) { return std::erf(x); }
+inline double erf_s(double x) { return std::erf(x); }
 
 template <typename S>
 struct Params {  // the parameters in the compute dtype, laid out for the kernels
@@ -162,7 +147,7 @@ MOLM_FAST_MULTIVERSION void tile_forward(const Params<S>& p, Scratch<S>& s, int6
     S* g = s.g.data() + q * K;
     for (int64_t k = 0; k < K; ++k) {
       const S u = (x - p.mean[k]) * p.inv_std[k];
-      g[k] = fast_exp(S(-0.5) * u * u) * p.coef[k];
+      g[k] = exp_s(S(-0.5) * u * u) * p.coef[k];
     }
     std::copy(p.b1, p.b1 + C, s.hid.data() + q * C);
     std::copy(p.b2, p.b2 + H, s.y.data() + q * H);
@@ -170,7 +155,7 @@ MOLM_FAST_MULTIVERSION void tile_forward(const Params<S>& p, Scratch<S>& s, int6
   gemm_acc<S>(P, C, K, s.g.data(), K, 1, p.w1t.data(), C, s.hid.data(), C);
   for (int64_t i = 0; i < P * C; ++i) {
     const S h = s.hid[i];
-    s.act[i] = S(0.5) * h * (S(1) + fast_erf(h * S(0.70710678118654752)));
+    s.act[i] = S(0.5) * h * (S(1) + erf_s(h * S(0.70710678118654752)));
   }
   gemm_acc<S>(P, H, C, s.act.data(), C, 1, p.w2t.data(), H, s.y.data(), H);
 }
@@ -277,8 +262,8 @@ MOLM_FAST_MULTIVERSION void tile_backward(const Params<S>& p, Scratch<S>& s, Gra
   gemm_acc<S>(P, C, H, s.dy.data(), 1, kTile, p.w2, C, s.dact.data(), C);  // dact = dy W2
   for (int64_t q = 0; q < P * C; ++q) {  // exact GELU': Phi(h) + h phi(h)
     const S h = s.hid[q];
-    const S cdf = S(0.5) * (S(1) + fast_erf(h * S(0.70710678118654752)));
-    s.dact[q] *= cdf + h * fast_exp(S(-0.5) * h * h) * S(0.39894228040143268);
+    const S cdf = S(0.5) * (S(1) + erf_s(h * S(0.70710678118654752)));
+    s.dact[q] *= cdf + h * exp_s(S(-0.5) * h * h) * S(0.39894228040143268);
   }
   for (int64_t q = 0; q < P; ++q)
     for (int64_t c = 0; c < C; ++c) gr.b1[c] += s.dact[q * C + c];
