@@ -95,12 +95,12 @@ _PAPER = {
 # MTC stays at ln B for 4 epochs with dropout 0.1, learns within 40 steps without), so tiny trains without
 # Q-Former dropout; the frozen encoder's outputs are cached (exact); text is cut at 64 tokens.
 _TINY = {
-    1: dict(stage=1, model="tiny", batch_size=32, grad_accum=1, max_epochs=5, init_lr=1e-3, min_lr=5e-5,
+    1: dict(stage=1, model="tiny", batch_size=32, grad_accum=1, max_epochs=6, init_lr=1e-3, min_lr=5e-5,
             warmup_lr=1e-5, warmup_steps=10, text_max_length=64, out_dir="runs/tiny_stage1", ckpt_every=50,
             qformer_dropout=0.0, cache_encoder=True),
     # the tiny LLM tokenizer is character-level: prompts are ~280 tokens; 640 keeps all 8 <mol> (longest-first)
-    2: dict(stage=2, model="tiny", batch_size=8, grad_accum=1, max_epochs=3, init_lr=1e-3, min_lr=5e-5,
-            warmup_lr=1e-5, warmup_steps=10, text_max_length=640, out_dir="runs/tiny_stage2", ckpt_every=50),
+    2: dict(stage=2, model="tiny", batch_size=8, grad_accum=1, max_epochs=3, init_lr=3e-3, min_lr=5e-5,
+            warmup_lr=1e-5, warmup_steps=5, text_max_length=640, out_dir="runs/tiny_stage2", ckpt_every=50),
     3: dict(stage=3, model="tiny", batch_size=8, grad_accum=2, max_steps=100, max_epochs=1_000_000,
             schedule="step_cosine", init_lr=1e-3, min_lr=1e-6, warmup_lr=1e-5, warmup_steps=10,
             text_max_length=640, out_dir="runs/tiny_stage3", ckpt_every=50),
