@@ -137,6 +137,69 @@ def cmd_qa(args) -> int:
     return _run_jsonl(args, records, work)
 
 
+def _tokenizer(args):
+    """The Q-Former text tokenizer: --tokenizer, else ``<model>/qformer_tokenizer`` (saved by training)."""
+    from transformers import AutoTokenizer
+
+    path = Path(args.tokenizer) if args.tokenizer else Path(args.model) / "qformer_tokenizer"
+    if not path.is_dir():
+        raise UsageError(f"no Q-Former text tokenizer at {path}; pass --tokenizer DIR (retrieval needs a stage-1 "
+                         f"model, e.g. molm-fast-demo/stage1/model)")
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def _texts(path: str) -> list[str]:
+    """Candidate texts: a TSV/CSV with a 'description' (or 'text') column, else one text per line."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--texts {p} does not exist")
+    if p.suffix.lower() in (".tsv", ".csv"):
+        records = _read_records(path)
+        key = next((k for k in ("description", "text") if records and k in records[0].properties), None)
+        if key is None:
+            raise UsageError(f"--texts {p} needs a 'description' or 'text' column")
+        return [r.properties[key] for r in records]
+    texts = [line.rstrip("\n") for line in p.read_text(encoding="utf-8").splitlines()]
+    if not texts:
+        raise UsageError(f"--texts {p} is empty")
+    return texts
+
+
+def _check_stage1(model) -> None:
+    if not model.config.qformer.text_side:
+        raise UsageError("this model has no Q-Former text side (a stage-2/3 model): embed and retrieve need a "
+                         "stage-1 model directory (e.g. molm-fast-demo/stage1/model)")
+
+
+def cmd_embed(args) -> int:
+    from molm_fast.inference.embed import EmbedSettings, embed_molecules
+
+    _read_records(args.input)  # unusable input: a clear message before any work
+    model = _load_model(args)
+    _check_stage1(model)
+    index = embed_molecules(model, args.input, args.output, settings=EmbedSettings(batch_size=args.batch_size),
+                            cache=args.cache, workers=args.workers, progress=not args.quiet)
+    ok = sum(s["ok"] for s in index["shards"])
+    print(f"embed: {ok} of {index['items']} molecules embedded -> {args.output} (index.json, molecule-*.npy "
+          f"[n, Q, E] float32 with NaN rows for failed items, molecule-*.jsonl per-item status)", file=sys.stderr)
+    return 0
+
+
+def cmd_retrieve(args) -> int:
+    from molm_fast.inference import api
+
+    records = _read_records(args.input)
+    texts = _texts(args.texts)
+    model = _load_model(args)
+    _check_stage1(model)
+    tokenizer = _tokenizer(args)
+
+    def work(chunk):
+        return api.retrieve(model, chunk, texts, tokenizer, k=args.top_k, cache=args.cache, workers=args.workers)
+
+    return _run_jsonl(args, records, work)
+
+
 def cmd_convert(args) -> int:
     from molm_fast.models.checkpoint import convert_lightning_checkpoint
 
@@ -172,6 +235,14 @@ def cmd_eval(args) -> int:
             raise UsageError("eval: no molecule could be captioned")
         scores = metrics.caption_metrics([res.answer for res, _ in ok],
                                          [r.properties[key] for _, r in ok], tokenizer)
+    elif args.task == "retrieval":
+        _check_stage1(model)
+        key = next((k for k in ("description", "text") if records and k in records[0].properties), None)
+        if key is None:
+            raise UsageError("eval --task retrieval needs a 'description' column (molecule-text pairs)")
+        scores = api.retrieval_metrics(model, records, [r.properties[key] for r in records], _tokenizer(args),
+                                       cache=args.cache, workers=args.workers)
+        ok = [None] * scores["pairs"]
     else:  # qa: columns question, answer, task
         missing = [c for c in ("question", "answer", "task") if records and c not in records[0].properties]
         if missing:
@@ -240,9 +311,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_qa)
     p = sub.add_parser("eval", help="caption or QA metrics against references (spec §4)")
     _common(p, output_help="metrics JSON")
-    p.add_argument("--task", choices=("caption", "qa"), default="caption")
+    p.add_argument("--task", choices=("caption", "qa", "retrieval"), default="caption")
     p.add_argument("--metric-tokenizer", default=None, help="'llm' or a tokenizer directory for BLEU/METEOR")
+    p.add_argument("--tokenizer", default=None, help="retrieval: Q-Former text tokenizer (default: in --model)")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("embed", help="retrieval features of molecules (resumable .npy shards + status JSONL)")
+    _common(p, output_help="output directory")
+    p.set_defaults(func=cmd_embed, batch_size=256)
+    p = sub.add_parser("retrieve", help="the best texts for each molecule (JSONL)")
+    _common(p, output_help="JSONL, one record per input item")
+    p.add_argument("--texts", required=True, help="candidate texts: one per line, or TSV/CSV with a description")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--tokenizer", default=None, help="Q-Former text tokenizer (default: <model>/qformer_tokenizer)")
+    p.set_defaults(func=cmd_retrieve)
     p = sub.add_parser("convert", help="released 3D-MoLM .ckpt -> safetensors model directory")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--output", required=True, help="model directory to write")

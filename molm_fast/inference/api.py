@@ -11,12 +11,15 @@ fast generation path (``molm_fast.inference.generate``).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from molm_fast.inference.generate import (
@@ -42,11 +45,14 @@ class ItemResult:
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
     value: float | None = None
+    top: list[dict[str, Any]] | None = None  # retrieval: the best candidates, best first
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"index": self.index, "id": self.id, "status": self.status, "answer": self.answer}
         if self.value is not None:
             d["value"] = self.value
+        if self.top is not None:
+            d["top"] = self.top
         if self.error is not None:
             d["error"] = self.error
         if self.warnings:
@@ -233,4 +239,68 @@ def answer(model, mols, questions: Sequence[str] | str, *, tasks: Sequence[str |
                            progress=progress, on_result=on_result)
 
 
-__all__ = ["ItemResult", "answer", "caption", "load_molecules", "read_input", "task_settings"]
+# ------------------------------------------------------------------------------------- embedding, retrieval
+def embed(model, mols, *, out_dir: str | os.PathLike | None = None, batch_size: int = 256,
+          cache: str | os.PathLike | None = None, workers: int | None = 0,
+          progress: bool = False) -> tuple[np.ndarray, list[ItemResult]]:
+    """Retrieval features of molecules (``molm_fast.inference.embed``; a stage-1 model): ([M, Q, E] float32, NaN rows
+    for failed items, and one ItemResult per item). ``out_dir`` keeps the resumable shards; default: a temp dir."""
+    from molm_fast.inference.embed import EmbedSettings, embed_molecules, load_embeddings
+
+    with tempfile.TemporaryDirectory() if out_dir is None else contextlib.nullcontext(out_dir) as d:
+        embed_molecules(model, mols, d, settings=EmbedSettings(batch_size=batch_size), cache=cache, workers=workers,
+                        progress=progress)
+        feats, status = load_embeddings(d, mmap=False)
+    return feats, [ItemResult(s["index"], s["id"], s["status"], error=s["error"] or None,
+                              warnings=list(s.get("warnings", []))) for s in status]
+
+
+def embed_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+    """Text features [T, E] (the Q-Former text side with its tokenizer, e.g. ``<model dir>/qformer_tokenizer``)."""
+    from molm_fast.inference.embed import EmbedSettings, load_embeddings
+    from molm_fast.inference.embed import embed_texts as _embed_texts
+
+    with tempfile.TemporaryDirectory() as d:
+        _embed_texts(model, tokenizer, list(texts), d, settings=EmbedSettings(kind="text", batch_size=batch_size),
+                     progress=progress)
+        return load_embeddings(d, mmap=False)[0]
+
+
+def retrieve(model, mols, texts: Sequence[str], tokenizer, *, k: int = 5, cache: str | os.PathLike | None = None,
+             workers: int | None = 0, progress: bool = False) -> list[ItemResult]:
+    """For each molecule the ``k`` best texts by the reference score (max over queries of the cosine): ``answer`` is
+    the best text, ``top`` lists {"text_index", "score"} best first."""
+    from molm_fast.inference.retrieve import topk
+
+    mol, results = embed(model, mols, cache=cache, workers=workers, progress=progress)
+    if len(texts) == 0:
+        raise ValueError("retrieve: texts must not be empty")
+    text = torch.from_numpy(embed_texts(model, tokenizer, texts, progress=progress))
+    ok = [i for i, r in enumerate(results) if r.status == OK]
+    scores, idx = topk(torch.from_numpy(mol[ok]), text, k)
+    for row, i in enumerate(ok):
+        results[i].top = [{"text_index": int(j), "score": float(v)} for j, v in zip(idx[row], scores[row])]
+        results[i].answer = texts[int(idx[row, 0])]
+    return results
+
+
+def retrieval_metrics(model, mols, texts: Sequence[str], tokenizer, *, batch_size: int = 64, seed: int = 0,
+                      cache: str | os.PathLike | None = None, workers: int | None = 0) -> dict[str, Any]:
+    """Spec §4.1 on pairs (molecule i, text i): in-batch (batches of ``batch_size`` from a seed-``seed``
+    permutation) and full-set Acc / R@20 both ways, over the pairs whose molecule embedded; chance levels too."""
+    from molm_fast.inference.retrieve import fullset_metrics, inbatch_metrics
+
+    mol, results = embed(model, mols, cache=cache, workers=workers)
+    if len(results) != len(texts):
+        raise ValueError(f"retrieval_metrics: need one text per molecule, got {len(results)} and {len(texts)}")
+    ok = [i for i, r in enumerate(results) if r.status == OK]
+    m = torch.from_numpy(mol[ok])
+    t = torch.from_numpy(embed_texts(model, tokenizer, [texts[i] for i in ok]))
+    n = len(ok)
+    return {"pairs": n, "failed": len(results) - n, "inbatch": inbatch_metrics(m, t, batch_size=batch_size, seed=seed),
+            "inbatch_chance_acc": 1 / min(batch_size, max(n, 1)), "fullset": fullset_metrics(m, t),
+            "fullset_chance_acc": 1 / max(n, 1)}
+
+
+__all__ = ["ItemResult", "answer", "caption", "embed", "embed_texts", "load_molecules", "read_input",
+           "retrieval_metrics", "retrieve", "task_settings"]
