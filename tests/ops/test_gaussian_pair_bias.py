@@ -161,6 +161,18 @@ def test_bfloat16_parameters(backend):
     assert_close_to_reference(out, truth(coords, tokens, params).float())
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_strided_inputs_and_int32_tokens(backend):
+    coords, tokens = make_padded(3, 8)
+    wide = torch.randn(3, 8, 5)
+    wide[..., 1:4] = coords
+    params = make_params()
+    w1_t = params[4].t().contiguous().t()  # same values, column-major
+    with use_backend(backend):
+        out = gaussian_pair_bias(wide[..., 1:4], tokens.int(), *params[:4], w1_t, *params[5:])
+    assert_close_to_reference(out, truth(coords, tokens, params).float())
+
+
 @pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS)
 def test_empty_batches(backend):
     params = make_params()
@@ -218,6 +230,10 @@ def test_opcheck_and_compile():
     torch.library.opcheck(torch.ops.molm_fast.gaussian_pair_bias.default, (coords, tokens, *params, None, 0, 31, 0))
     out = torch.compile(lambda c, t, *p: gaussian_pair_bias(c, t, *p), fullgraph=True)(coords, tokens, *params)
     assert_close_to_reference(out, truth(coords, tokens, params).float())
+    c, t, cu = make_packed([3, 5, 1])  # packed: the output length is data-dependent (an unbacked size)
+    packed = torch.compile(lambda c, t, cu, *p: gaussian_pair_bias(c, t, *p, cu_seqlens=cu, max_seqlen=5),
+                           fullgraph=True)(c, t, cu, *params)
+    assert_close_to_reference(packed, truth(c, t, params, cu_seqlens=cu).float())
 
 
 @pytest.mark.gpu
