@@ -166,3 +166,56 @@ def test_api_accepts_rdkit_mols_and_sdf(model_dir, tmp_path):
     assert [r.status for r in a] == ["ok", "ok"] and [r.status for r in b] == ["ok"]
     assert all(isinstance(r.answer, str) and r.answer for r in a + b)
     assert api.caption(model, [], greedy=True) == []
+
+
+@pytest.fixture(scope="module")
+def stage1_dir(tmp_path_factory):
+    """A tiny stage-1 model directory with its Q-Former text tokenizer, as training writes it."""
+    from molm_fast.models import MoLM, get_config
+    from molm_fast.training.text import build_wordpiece_tokenizer
+
+    d = tmp_path_factory.mktemp("stage1")
+    tok = build_wordpiece_tokenizer(["The molecule is an alcohol.", "The molecule is an acid.", "A phenol."] * 4,
+                                    vocab_size=120)
+    cfg = get_config("tiny").stage1()
+    cfg.qformer.vocab_size, cfg.qformer.dec_token_id = len(tok), tok.bos_token_id
+    MoLM(cfg).save_pretrained(d)
+    tok.save_pretrained(d / "qformer_tokenizer")
+    return d
+
+
+def test_embed_and_retrieve(stage1_dir, smiles_file, tmp_path):
+    import numpy as np
+
+    emb = tmp_path / "emb"
+    assert cli.main(["embed", "--input", str(smiles_file), "--output", str(emb), "--model", str(stage1_dir),
+                     "--quiet"]) == 0
+    feats = np.load(emb / "molecule-00000.npy")
+    status = _read(emb / "molecule-00000.jsonl")
+    assert feats.shape[0] == len(SMILES) and [s["status"] for s in status].count("error") == 1
+    assert np.isnan(feats[2]).all() and np.isfinite(np.delete(feats, 2, 0)).all()
+    texts = tmp_path / "texts.txt"
+    texts.write_text("The molecule is an alcohol.\nThe molecule is an acid.\nA phenol.\n")
+    out = tmp_path / "ret.jsonl"
+    assert cli.main(["retrieve", "--input", str(smiles_file), "--texts", str(texts), "--output", str(out),
+                     "--model", str(stage1_dir), "--top-k", "2", "--quiet"]) == 0
+    recs = _read(out)
+    assert [r["status"] for r in recs] == ["ok", "ok", "error", "ok", "ok"]
+    for r in recs[:2] + recs[3:]:
+        assert len(r["top"]) == 2 and r["top"][0]["score"] >= r["top"][1]["score"]
+        assert r["answer"] == texts.read_text().splitlines()[r["top"][0]["text_index"]]
+
+
+def test_eval_retrieval_and_stage2_model_refused(stage1_dir, model_dir, tmp_path, capsys):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("CID\tSMILES\tdescription\n1\tCCO\tThe molecule is an alcohol.\n2\tCC(=O)O\tThe molecule is an "
+                     "acid.\n3\tc1ccccc1O\tA phenol.\n")
+    out = tmp_path / "m.json"
+    assert cli.main(["eval", "--task", "retrieval", "--input", str(pairs), "--output", str(out), "--model",
+                     str(stage1_dir), "--quiet"]) == 0
+    m = json.loads(out.read_text())["metrics"]
+    assert m["pairs"] == 3 and m["fullset_chance_acc"] == pytest.approx(1 / 3)
+    assert 0.0 <= m["fullset"]["m2t_acc"] <= 1.0 and m["inbatch"]["t2m_rec20"] == 1.0  # 3 candidates < 20
+    assert cli.main(["embed", "--input", str(pairs), "--output", str(tmp_path / "e"), "--model", str(model_dir),
+                     "--quiet"]) == 2
+    assert "stage-1 model" in capsys.readouterr().err
