@@ -23,9 +23,10 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("pair_bias_attention_forward_cpu", &molm_fast::pair_bias_attention_forward_cpu,
         "logits = (q*scale) k^T + bias, out = dropout(softmax(logits)) v, row LSE; padded [B,H,N,*] or packed "
-        "(cu_seqlens != 0); strides: 4 each for q, k, v, out, bias.",
+        "(cu_seqlens != 0); D: head dim of q, k; Dv: of v, out; logits may be 0 (not written); strides: 4 each for "
+        "q, k, v, out, bias.",
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("bias"), py::arg("out"), py::arg("logits"), py::arg("lse"),
-        py::arg("cu_seqlens"), py::arg("B"), py::arg("H"), py::arg("N"), py::arg("D"), py::arg("strides"),
+        py::arg("cu_seqlens"), py::arg("B"), py::arg("H"), py::arg("N"), py::arg("D"), py::arg("Dv"), py::arg("strides"),
         py::arg("scale"), py::arg("dropout_p"), py::arg("seed"), py::arg("dtype"));
   m.def("pair_bias_attention_backward_cpu", &molm_fast::pair_bias_attention_backward_cpu,
         "dq, dk, dv, dbias (= dlogits incl. grad_logits, may be 0) from bias + LSE; strides: 4 each for q, k, v, "

@@ -1,6 +1,7 @@
 // The only PYBIND11_MODULE of molm_fast._C_cuda: one def and docstring per entry, no logic.
 // Importing this module touches no CUDA API; kernels run only when an entry is called.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include "ops_cuda.h"
 
@@ -21,6 +22,13 @@ PYBIND11_MODULE(_C_cuda, m) {
         "d_stds, d_w1, d_b1, d_w2, d_b2 (zeroed f32, added to), tiles, N, chunks, K, C, H, num_types, pad_idx, stream); "
         "tiles of 16 pairs.");
 
+  m.def("pair_bias_attention_forward_cuda", &molm_fast::pair_bias_attention_forward_cuda,
+        "Warp-per-row forward: logits = (q*scale) k^T + bias, out = dropout(softmax(logits)) v, row LSE; padded or "
+        "packed (cu_seqlens, cu_pairs != 0); head dim 8, N <= 512; strides: 4 each for q, k, v, out, bias.",
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("bias"), py::arg("out"), py::arg("logits"), py::arg("lse"),
+        py::arg("cu_seqlens"), py::arg("cu_pairs"), py::arg("B"), py::arg("H"), py::arg("N"), py::arg("D"),
+        py::arg("strides"), py::arg("scale"), py::arg("dropout_p"), py::arg("seed"), py::arg("dtype"),
+        py::arg("stream"));
   m.def("pairwise_distance_forward_cuda", &molm_fast::pairwise_distance_forward_cuda,
         "out[b,i,j] = |x[b,i]-x[b,j]| for coords [B,N,3] (float32/float64) on the GPU; stream is a cudaStream_t int.",
         py::arg("coords"), py::arg("out"), py::arg("B"), py::arg("N"), py::arg("sxb"), py::arg("sxn"), py::arg("sxc"),

@@ -25,8 +25,8 @@ void gaussian_pair_bias_backward_cpu(uintptr_t grad, uintptr_t coords, uintptr_t
 // pair_bias_attention_cpu.cpp
 void pair_bias_attention_forward_cpu(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t bias, uintptr_t out,
                                      uintptr_t logits, uintptr_t lse, uintptr_t cu_seqlens, int64_t B, int64_t H,
-                                     int64_t N, int64_t D, const std::vector<int64_t>& strides, double scale,
-                                     double dropout_p, uint64_t seed, int dtype);
+                                     int64_t N, int64_t D, int64_t Dv, const std::vector<int64_t>& strides,
+                                     double scale, double dropout_p, uint64_t seed, int dtype);
 void pair_bias_attention_backward_cpu(uintptr_t grad_out, uintptr_t grad_logits, uintptr_t q, uintptr_t k,
                                       uintptr_t v, uintptr_t bias, uintptr_t out, uintptr_t lse, uintptr_t dq,
                                       uintptr_t dk, uintptr_t dv, uintptr_t dbias, uintptr_t cu_seqlens, int64_t B,

@@ -2,6 +2,7 @@
 // passed as an integer (torch.cuda.current_stream().cuda_stream).
 #pragma once
 #include <cstdint>
+#include <vector>
 
 namespace molm_fast {
 
@@ -19,6 +20,13 @@ void gaussian_pair_bias_backward_cuda(uintptr_t grad, uintptr_t coords, uintptr_
                                       uintptr_t d_w2, uintptr_t d_b2, int64_t tiles, int64_t N, int64_t chunks,
                                       int64_t K, int64_t C, int64_t H, int64_t num_types, int64_t pad_idx,
                                       uintptr_t stream);
+
+// pair_bias_attention.cu
+void pair_bias_attention_forward_cuda(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t bias, uintptr_t out,
+                                      uintptr_t logits, uintptr_t lse, uintptr_t cu_seqlens, uintptr_t cu_pairs,
+                                      int64_t B, int64_t H, int64_t N, int64_t D,
+                                      const std::vector<int64_t>& strides, double scale, double dropout_p,
+                                      uint64_t seed, int dtype, uintptr_t stream);
 
 // pairwise_distance.cu
 void pairwise_distance_forward_cuda(uintptr_t coords, uintptr_t out, int64_t B, int64_t N, int64_t sxb, int64_t sxn,

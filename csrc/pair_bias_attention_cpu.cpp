@@ -37,7 +37,7 @@ enum Tensor : int { kQ, kK, kV, kOut, kBias, kGradOut, kDq, kDk, kDv, kNumTensor
 
 // Sizes and strides (elements) of a call.
 struct Layout {
-  int64_t B, H, N, D;
+  int64_t B, H, N, D, Dv;  // D: head dim of q and k; Dv: of v and out (they differ on the low-rank path)
   int64_t s[kNumTensors][4];
   const int32_t* cu;  // null when padded
   bool packed() const { return cu != nullptr; }
@@ -132,37 +132,37 @@ struct Dropout {
 };
 
 template <typename T, typename S, int DC>
-MOLM_FAST_MULTIVERSION void forward_one(const Problem& P, int64_t Drt, const T* q, const T* k, const T* v,
-                                        const T* bias, T* out, T* logits, S* lse, S scale, const Dropout<S>* drop,
-                                        std::vector<S>& buf) {
-  const int64_t D = DC ? DC : Drt, n = P.n;
-  buf.resize((2 * D + 1) * n + D);
+MOLM_FAST_MULTIVERSION void forward_one(const Problem& P, int64_t Drt, int64_t Dvrt, const T* q, const T* k,
+                                        const T* v, const T* bias, T* out, T* logits, S* lse, S scale,
+                                        const Dropout<S>* drop, std::vector<S>& buf) {
+  const int64_t D = DC ? DC : Drt, Dv = DC ? DC : Dvrt, n = P.n;
+  buf.resize((D + Dv + 1) * n + D + Dv);
   S* kt = buf.data();      // [D][n]
-  S* vt = kt + D * n;      // [D][n]
-  S* row = vt + D * n;     // [n]
+  S* vt = kt + D * n;      // [Dv][n]
+  S* row = vt + Dv * n;    // [n]
   S* qs = row + n;         // [D]
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t d = 0; d < D; ++d) {
-      kt[d * n + j] = Io<S>::load(k[P.at[kK] + j * P.row[kK] + d]);
-      vt[d * n + j] = Io<S>::load(v[P.at[kV] + j * P.row[kV] + d]);
-    }
+  S* o = qs + D;           // [Dv]
+  for (int64_t j = 0; j < n; ++j) {
+    for (int64_t d = 0; d < D; ++d) kt[d * n + j] = Io<S>::load(k[P.at[kK] + j * P.row[kK] + d]);
+    for (int64_t d = 0; d < Dv; ++d) vt[d * n + j] = Io<S>::load(v[P.at[kV] + j * P.row[kV] + d]);
+  }
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t d = 0; d < D; ++d) qs[d] = Io<S>::load(q[P.at[kQ] + i * P.row[kQ] + d]) * scale;
     const T* brow = bias + P.bias + i * P.bias_i;
     rowdot<S, DC>(row, qs, kt, n, D);
-    T* lrow = logits + P.pair + i * n;
     if (P.bias_j == 1) {
       for (int64_t j = 0; j < n; ++j) row[j] += Io<S>::load(brow[j]);
     } else {
       for (int64_t j = 0; j < n; ++j) row[j] += Io<S>::load(brow[j * P.bias_j]);
     }
-    for (int64_t j = 0; j < n; ++j) Io<S>::store(lrow + j, row[j]);
+    if (logits)  // the low-rank path writes no pair tensor
+      for (int64_t j = 0; j < n; ++j) Io<S>::store(logits + P.pair + i * n + j, row[j]);
     S m = -std::numeric_limits<S>::infinity();
 #pragma omp simd reduction(max : m)
     for (int64_t j = 0; j < n; ++j) m = row[j] > m ? row[j] : m;
     T* orow = out + P.at[kOut] + i * P.row[kOut];
     if (m == -std::numeric_limits<S>::infinity()) {  // no key: out 0, LSE -inf (never NaN)
-      for (int64_t d = 0; d < D; ++d) Io<S>::store(orow + d, S(0));
+      for (int64_t d = 0; d < Dv; ++d) Io<S>::store(orow + d, S(0));
       lse[P.lse + i * P.lse_i] = m;
       continue;
     }
@@ -179,8 +179,8 @@ MOLM_FAST_MULTIVERSION void forward_one(const Problem& P, int64_t Drt, const T* 
     } else {
       for (int64_t j = 0; j < n; ++j) row[j] *= inv;
     }
-    coldot<S, DC>(qs, row, vt, n, D);  // out row = p v (qs is free now)
-    for (int64_t d = 0; d < D; ++d) Io<S>::store(orow + d, qs[d]);
+    coldot<S, DC>(o, row, vt, n, Dv);  // out row = p v
+    for (int64_t d = 0; d < Dv; ++d) Io<S>::store(orow + d, o[d]);
   }
 }
 
@@ -271,15 +271,15 @@ void for_each_problem(const Layout& L, Fn fn) {
 }
 
 // strides: 4 per token tensor in Tensor order; forward passes q, k, v, out, bias; backward all nine.
-Layout make_layout(const char* op, uintptr_t cu, int64_t B, int64_t H, int64_t N, int64_t D,
+Layout make_layout(const char* op, uintptr_t cu, int64_t B, int64_t H, int64_t N, int64_t D, int64_t Dv,
                    const std::vector<int64_t>& strides, int tensors) {
   MOLM_CHECK_NONNEG(B, op, "B");
   MOLM_CHECK_NONNEG(H, op, "H");
   MOLM_CHECK_NONNEG(N, op, "N");
-  MOLM_CHECK(D > 0 && D <= 64, op, "head dim D must be in [1, 64], got ", D);
+  MOLM_CHECK(D > 0 && D <= 1024 && Dv > 0 && Dv <= 1024, op, "head dims must be in [1, 1024], got ", D, ", ", Dv);
   MOLM_CHECK(strides.size() == size_t(4 * tensors), op, "strides must hold ", 4 * tensors, " values, got ",
              strides.size());
-  Layout L{B, H, N, D, {}, reinterpret_cast<const int32_t*>(cu)};
+  Layout L{B, H, N, D, Dv, {}, reinterpret_cast<const int32_t*>(cu)};
   for (int t = 0; t < kNumTensors; ++t)
     for (int a = 0; a < 4; ++a) L.s[t][a] = t < tensors ? strides[4 * t + a] : 0;
   for (int t = 0; t < tensors; ++t)
@@ -301,10 +301,10 @@ void forward_typed(const Layout& L, uintptr_t q, uintptr_t k, uintptr_t v, uintp
   auto w = [](uintptr_t p) { return reinterpret_cast<T*>(p); };
   S* lse_p = reinterpret_cast<S*>(lse);
   for_each_problem<S>(L, [&](const Problem& P, std::vector<S>& buf) {
-    if (L.D == 8)
-      forward_one<T, S, 8>(P, 8, c(q), c(k), c(v), c(bias), w(out), w(logits), lse_p, S(scale), dp, buf);
+    if (L.D == 8 && L.Dv == 8)
+      forward_one<T, S, 8>(P, 8, 8, c(q), c(k), c(v), c(bias), w(out), w(logits), lse_p, S(scale), dp, buf);
     else
-      forward_one<T, S, 0>(P, L.D, c(q), c(k), c(v), c(bias), w(out), w(logits), lse_p, S(scale), dp, buf);
+      forward_one<T, S, 0>(P, L.D, L.Dv, c(q), c(k), c(v), c(bias), w(out), w(logits), lse_p, S(scale), dp, buf);
   });
 }
 
@@ -330,14 +330,13 @@ void backward_typed(const Layout& L, uintptr_t go, uintptr_t gl, uintptr_t q, ui
 
 void pair_bias_attention_forward_cpu(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t bias, uintptr_t out,
                                      uintptr_t logits, uintptr_t lse, uintptr_t cu_seqlens, int64_t B, int64_t H,
-                                     int64_t N, int64_t D, const std::vector<int64_t>& strides, double scale,
-                                     double dropout_p, uint64_t seed, int dtype) {
+                                     int64_t N, int64_t D, int64_t Dv, const std::vector<int64_t>& strides,
+                                     double scale, double dropout_p, uint64_t seed, int dtype) {
   const char* op = "pair_bias_attention_forward_cpu";
-  const Layout L = make_layout(op, cu_seqlens, B, H, N, D, strides, kGradOut);
+  const Layout L = make_layout(op, cu_seqlens, B, H, N, D, Dv, strides, kGradOut);
   if (B == 0 || H == 0 || N == 0) return;
-  for (auto [p, name] : {std::pair{q, "q"}, {k, "k"}, {v, "v"}, {bias, "bias"}, {out, "out"}, {logits, "logits"},
-                         {lse, "lse"}})
-    MOLM_CHECK_PTR(p, op, name);
+  for (auto [p, name] : {std::pair{q, "q"}, {k, "k"}, {v, "v"}, {bias, "bias"}, {out, "out"}, {lse, "lse"}})
+    MOLM_CHECK_PTR(p, op, name);  // logits may be 0: the low-rank path writes none
   MOLM_CHECK(dropout_p >= 0 && dropout_p < 1, op, "dropout_p must be in [0, 1), got ", dropout_p);
   if (dtype == int(DType::Float32))
     forward_typed<float, float>(L, q, k, v, bias, out, logits, lse, scale, dropout_p, seed);
@@ -355,7 +354,7 @@ void pair_bias_attention_backward_cpu(uintptr_t grad_out, uintptr_t grad_logits,
                                       int64_t H, int64_t N, int64_t D, const std::vector<int64_t>& strides,
                                       double scale, double dropout_p, uint64_t seed, int dtype) {
   const char* op = "pair_bias_attention_backward_cpu";
-  const Layout L = make_layout(op, cu_seqlens, B, H, N, D, strides, kNumTensors);
+  const Layout L = make_layout(op, cu_seqlens, B, H, N, D, D, strides, kNumTensors);
   if (B == 0 || H == 0 || N == 0) return;
   for (auto [p, name] : {std::pair{grad_out, "grad_out"}, {q, "q"}, {k, "k"}, {v, "v"}, {bias, "bias"},
                          {out, "out"}, {lse, "lse"}, {dq, "dq"}, {dk, "dk"}, {dv, "dv"}, {dbias, "dbias"}})

@@ -178,8 +178,8 @@ def _forward_cpp(q, k, v, bias, scale, dropout_p, seed, cu_seqlens, max_seqlen):
     strides = sum((_strides(t, packed) for t in (q, k, v, out, bias)), [])
     _backend.load_module("cpp").pair_bias_attention_forward_cpu(
         q.data_ptr(), k.data_ptr(), v.data_ptr(), bias.data_ptr(), out.data_ptr(), logits.data_ptr(), lse.data_ptr(),
-        cu_seqlens.data_ptr() if packed else 0, *_native_sizes(q, cu_seqlens, max_seqlen), strides, scale,
-        dropout_p, seed, _backend.dtype_code(q))
+        cu_seqlens.data_ptr() if packed else 0, *_native_sizes(q, cu_seqlens, max_seqlen), v.shape[-1], strides,
+        scale, dropout_p, seed, _backend.dtype_code(q))
     return out, logits, lse
 
 
@@ -224,8 +224,35 @@ def _backward_triton(grad_out, grad_logits, q, k, v, bias, out, lse, scale, drop
     return dq, dk, dv, dbias
 
 
-_FORWARD = {"reference": _forward_reference, "cpp": _forward_cpp, "triton": _forward_triton}
-_BACKWARD = {"reference": _backward_reference, "cpp": _backward_cpp, "triton": _backward_triton}
+def _forward_cuda(q, k, v, bias, scale, dropout_p, seed, cu_seqlens, max_seqlen):
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    packed = cu_seqlens is not None
+    bias = bias.contiguous() if packed else bias
+    out, logits, lse = _new_out(q, packed), bias.new_empty(bias.shape), _new_lse(q, packed)
+    cu_pairs = None
+    if packed:
+        cu_pairs = torch.zeros(cu_seqlens.numel(), dtype=torch.int64, device=q.device)
+        cu_pairs[1:] = (cu_seqlens.diff().long() ** 2).cumsum(0)  # [B + 1] pair-block offsets, no host sync
+    strides = sum((_strides(t, packed) for t in (q, k, v, out, bias)), [])
+    _backend.load_module("cuda").pair_bias_attention_forward_cuda(
+        q.data_ptr(), k.data_ptr(), v.data_ptr(), bias.data_ptr(), out.data_ptr(), logits.data_ptr(), lse.data_ptr(),
+        cu_seqlens.data_ptr() if packed else 0, cu_pairs.data_ptr() if packed else 0,
+        *_native_sizes(q, cu_seqlens, max_seqlen), strides, scale, dropout_p, seed, _backend.dtype_code(q),
+        _backend.cuda_stream(q.device))
+    return out, logits, lse
+
+
+def _backward_cuda(*args):
+    """The CUDA backend has a forward kernel only; its backward is the Triton kernel (the same p recomputation from
+    bias + LSE, the same Philox mask), or the reference backward where Triton is missing."""
+    if _backend.unavailable_reason("triton", args[2].device) is None:
+        return _backward_triton(*args)
+    return _backward_reference(*args)
+
+
+_FORWARD = {"reference": _forward_reference, "cpp": _forward_cpp, "triton": _forward_triton, "cuda": _forward_cuda}
+_BACKWARD = {"reference": _backward_reference, "cpp": _backward_cpp, "triton": _backward_triton,
+             "cuda": _backward_cuda}
 _backend.register(OP, _FORWARD)
 
 
