@@ -300,7 +300,7 @@ void backward(const Params<S>& p, const S* grad, const S* coords, const int64_t*
     Scratch<S> s(K, C, H);
     Grads<S>& gr = grads[thread_id()];
 #if MOLM_FAST_HAS_OPENMP
-#pragma omp for schedule(dynamic, 4)
+#pragma omp for schedule(static, 1)  // fixed row -> thread map: deterministic sums
 #endif
     for (int64_t t = 0; t < lay.T; ++t) {
       int64_t start, n, i, block;
