@@ -121,6 +121,37 @@ class TransformerEncoderWithPair(nn.Module):
             x, bias = layer(x, bias, **attn_kwargs)
         return self.final_layer_norm(x), bias
 
+    def forward_low_rank(self, emb: torch.Tensor, bias0: torch.Tensor, padding_mask: torch.Tensor | None,
+                         **attn_kwargs) -> torch.Tensor:
+        """Inference: the same layers with the logit chain in its exact low-rank form, logits_l = bias0 +
+        [q_0 s, .., q_l s] [k_0, .., k_l]^T (performance.md §2.9, ``ops.low_rank_pair_attention``), so no
+        per-layer pair tensor is written; the scaled queries and keys go into one [.., H, layers * D] buffer.
+        Returns the atom states only (the final pair representation is never formed)."""
+        if self.training:
+            raise RuntimeError("TransformerEncoderWithPair.forward_low_rank is for inference: call .eval() first")
+        x = self.emb_layer_norm(emb)
+        if padding_mask is not None:
+            x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
+        packed, qk = x.dim() == 2, None
+        for l, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            D = attn.head_dim
+            qkv = attn.in_proj(layer.self_attn_layer_norm(x)).unflatten(-1, (3, attn.num_heads, D))
+            q, k, v = qkv.unbind(-3)  # each [B, N, H, D] or [T, H, D]
+            if qk is None:
+                qk = q.new_empty(2, *q.shape[:-1], len(self.layers) * D)  # [2, B, N, H, layers*D] (or [2, T, ..])
+            qk[0, ..., l * D:(l + 1) * D] = q * attn.scaling  # q scaled in its dtype, as the chain does
+            qk[1, ..., l * D:(l + 1) * D] = k
+            q_cat, k_cat = qk[0, ..., :(l + 1) * D], qk[1, ..., :(l + 1) * D]
+            if not packed:
+                q_cat, k_cat, v = (t.transpose(1, 2) for t in (q_cat, k_cat, v))  # [B, H, N, *] views
+            out = ops.low_rank_pair_attention(q_cat, k_cat, v, bias0, **attn_kwargs)
+            if not packed:
+                out = out.transpose(1, 2)  # [B, N, H, D]
+            x = x + attn.out_proj(out.flatten(-2))
+            x = x + layer.fc2(F.gelu(layer.fc1(layer.final_layer_norm(x))))  # eval: every dropout is off
+        return self.final_layer_norm(x)
+
 
 class UniMolEncoder(nn.Module):
     """Uni-Mol encoder. ``UniMolEncoder()`` is the paper-sized one (47,330,626 parameters).
@@ -149,6 +180,35 @@ class UniMolEncoder(nn.Module):
         return ops.gaussian_pair_bias(coords, tokens, g.mul.weight, g.bias.weight, g.means.weight, g.stds.weight,
                                   p.linear1.weight, p.linear1.bias, p.linear2.weight, p.linear2.bias,
                                   num_types=self.config.num_types, pad_idx=self.padding_idx, **attn_kwargs)
+
+    def forward_packed(self, tokens: torch.Tensor, coords: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                       *, low_rank: bool = False) -> torch.Tensor:
+        """Packed (varlen) forward: tokens [T] int64 and coords [T, 3] of B molecules back to back, cu_seqlens
+        [B + 1] int32, no pads -> atom states [T, C]. Equals ``forward`` on the same molecules padded, at their
+        real positions (pads never reach real rows: their keys are -inf), without any padded work.
+        ``low_rank`` (inference) runs the layers through ``TransformerEncoderWithPair.forward_low_rank``."""
+        if tokens.dim() != 1 or coords.shape != (tokens.shape[0], 3):
+            raise ValueError(f"UniMolEncoder.forward_packed: tokens must be [T] and coords [T, 3], got "
+                             f"{list(tokens.shape)} and {list(coords.shape)}")
+        kw = {"cu_seqlens": cu_seqlens, "max_seqlen": max_seqlen}
+        tokens = tokens.long()
+        x = self.embed_tokens(tokens)  # [T, C]
+        bias = self.pair_bias(coords, tokens, **kw)  # packed [H * sum n_b^2]
+        if low_rank:
+            return self.encoder.forward_low_rank(x, bias, None, **kw)
+        return self.encoder(x, bias, None, **kw)[0]
+
+    def forward_low_rank(self, tokens: torch.Tensor, coords: torch.Tensor):
+        """``forward`` at inference through the low-rank logit chain -> (atom states [B, N, C], padding mask)."""
+        if tokens.dim() != 2 or coords.shape != (*tokens.shape, 3):
+            raise ValueError(f"UniMolEncoder.forward_low_rank: tokens must be [B, N] and coords [B, N, 3], got "
+                             f"{list(tokens.shape)} and {list(coords.shape)}")
+        tokens = tokens.long()
+        padding_mask = tokens.eq(self.padding_idx)
+        if not padding_mask.any():
+            padding_mask = None
+        x = self.encoder.forward_low_rank(self.embed_tokens(tokens), self.pair_bias(coords, tokens), padding_mask)
+        return x, padding_mask
 
     def forward(self, tokens: torch.Tensor, coords: torch.Tensor, return_pair: bool = False):
         if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
