@@ -7,6 +7,7 @@
   the fused FLASH_ATTENTION CPU kernel on the CPU; also report CUDNN_ATTENTION on CUDA).
 * ``unimol_tools_attention(q, k, v, bias, ...)`` -- K-unicore: Uni-Mol's attention sub-op as unimol-tools runs it
   (bmm, in-place += bias, clone, eager softmax_dropout, bmm), with unimol-tools' own ``softmax_dropout``.
+* ``unimol_tools_available()`` -- None, or why the unimol-tools anchors cannot be built here.
 * ``unimol_tools_encoder(...)`` -- A-tools: unimol-tools' own Uni-Mol modules (``GaussianLayer``,
   ``NonLinearHead``, ``TransformerEncoderWithPair``) with random weights, run as ``UniMolModel.forward`` runs
   them (up to the encoder output). Raises ``AnchorUnavailable`` with the reason when unimol-tools is absent.
@@ -93,6 +94,15 @@ def _unimol_tools_modules() -> dict[str, Any]:
     return {"GaussianLayer": ns["GaussianLayer"], "NonLinearHead": ns["NonLinearHead"],
             "TransformerEncoderWithPair": tf.TransformerEncoderWithPair, "softmax_dropout": tf.softmax_dropout,
             "loaded": f"model files without the package __init__ ({type(first_error).__name__}: {first_error})"}
+
+
+def unimol_tools_available() -> str | None:
+    """None if the unimol-tools anchors can be built here, else the reason (for ``r.skip``)."""
+    try:
+        _unimol_tools_modules()
+    except AnchorUnavailable as exc:
+        return str(exc)
+    return None
 
 
 def unimol_tools_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, *,

@@ -70,3 +70,23 @@ def test_gaussian_pair_bias_cpu_paths(benchmark, provider):
     if provider.endswith("[packed]"):  # packed pair tensor: molecule b's block is [H, n_b, n_b] (HELPERS contract)
         ref = torch.cat([ref[b, :, :n, :n].reshape(-1) for b, n in enumerate(ns)])
     assert_close_to_reference(out, ref, name=provider)
+
+
+@pytest.mark.parametrize("provider", ["molm_fast:cpp", "molm_fast:cpp[packed]"])
+def test_pair_bias_attention_cpu_paths(benchmark, provider):
+    """The C++ path (padded and packed) at a tiny real-mix batch, against the reference on the same inputs."""
+    from benchmarks import bench_pair_bias_attention as bench
+
+    cpu = torch.device("cpu")
+    if "cpp" not in harness.molm_backends(bench.OP, cpu):
+        pytest.skip("the cpp backend is not built here")
+    ns = harness.sample_sizes("pubchem324k", 3, seed=2)
+    args = bench._inputs(ns, max(ns), cpu, torch.float32, torch.Generator().manual_seed(0), False, pad_last=0.0)
+    providers = bench._providers(harness.Run("test", device="cpu"), 0.0, packed=True, compiled=False)
+    out, logits = benchmark.pedantic(providers[provider], args=args, rounds=3, iterations=1, warmup_rounds=1)
+    ref_out, ref_logits = providers["reference"](*args)  # [B, H, N, D], [B, H, N, N]
+    if provider.endswith("[packed]"):  # out [T, H, D]; logits: the packed pair tensor (HELPERS contract)
+        ref_out = torch.cat([ref_out[b, :, :n].transpose(0, 1) for b, n in enumerate(ns)])
+        ref_logits = torch.cat([ref_logits[b, :, :n, :n].reshape(-1) for b, n in enumerate(ns)])
+    assert_close_to_reference(out, ref_out, name=f"{provider} out")
+    assert_close_to_reference(logits, ref_logits, name=f"{provider} logits")
