@@ -2,8 +2,9 @@
 
 Two tables, both keyed by a hash that includes the ``ConformerConfig`` (seed, fallbacks, MMFF, time limit) and the
 RDKit version:
-  * ``conformers``: canonical isomeric SMILES -> result (atoms, coordinates, source, warnings) or a deterministic
-    failure reason (unparsable, unembeddable). Time-outs and worker crashes are never cached.
+  * ``conformers``: canonical isomeric SMILES -> result (atoms, coordinates, source, warnings) or a failure reason
+    (unparsable SMILES, keyed by the input instead; unembeddable). A time-out is cached with its time limit and
+    reused only under a limit no larger; worker crashes are never cached.
   * ``aliases``: the input string exactly as given -> canonical key, so a repeated input is found without parsing.
 Readers may be many processes (workers look up canonical keys); only the parent writes.
 """

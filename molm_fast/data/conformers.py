@@ -99,8 +99,7 @@ def embed_molecule(mol, config: ConformerConfig = ConformerConfig()) -> dict[str
                 mol_h, _params(config, deadline, attempts=config.max_attempts, random_coords=True)) == 0:
             source = "random_coords"
     if not source and time.monotonic() >= deadline:
-        return {"status": "failed", "reason": f"time limit of {config.time_limit_s:g} s per molecule exceeded",
-                "warnings": warnings, "transient": True}
+        return _timeout(config)
     if source:
         _mmff(mol_h, config, warnings)
     elif config.allow_2d:
@@ -135,6 +134,16 @@ def parse_smiles(smiles: str):
     return mol, ""
 
 
+def _timeout(config: ConformerConfig) -> dict[str, Any]:
+    return {"status": "failed", "reason": f"time limit of {config.time_limit_s:g} s per molecule exceeded",
+            "warnings": [], "timeout": config.time_limit_s}
+
+
+def _reusable(hit: dict[str, Any] | None, config: ConformerConfig) -> bool:
+    """A cached time-out is reused only under a time limit no larger than the one it ran out of."""
+    return hit is not None and hit.get("timeout", math.inf) >= config.time_limit_s
+
+
 def conformer_from_smiles(smiles: str, config: ConformerConfig = ConformerConfig(),
                           cache: ConformerCache | None = None) -> dict[str, Any]:
     """Parse, canonicalise, look up ``cache`` by canonical SMILES, else embed. Adds "canonical" to the result."""
@@ -146,7 +155,7 @@ def conformer_from_smiles(smiles: str, config: ConformerConfig = ConformerConfig
     canonical = Chem.MolToSmiles(mol)
     if cache is not None:
         hit = cache.get(cache_key("canonical", canonical, config.settings()))
-        if hit is not None:
+        if _reusable(hit, config):
             return hit
     return {**embed_molecule(mol, config), "canonical": canonical}
 
@@ -155,7 +164,10 @@ def conformer_from_smiles(smiles: str, config: ConformerConfig = ConformerConfig
 def _worker_main(conn, config: ConformerConfig, cache_path: str | None) -> None:
     cache = ConformerCache(cache_path, readonly=True) if cache_path and os.path.exists(cache_path) else None
     while True:
-        task = conn.recv()
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):  # the parent went away
+            return
         if task is None:
             return
         conn.send((task[0], conformer_from_smiles(task[1], config, cache)))
@@ -215,8 +227,7 @@ class _Pool:
                     on_result(task[0], result)
                 elif time.monotonic() >= w["deadline"]:
                     self._replace(i)
-                    on_result(task[0], {"status": "failed", "reason": f"time limit of {limit:g} s per molecule "
-                                        "exceeded", "warnings": [], "transient": True})
+                    on_result(task[0], _timeout(self.config))
 
     def close(self) -> None:
         for w in self.workers:
@@ -278,6 +289,7 @@ def generate_conformers(items: Sequence[str | Any | MoleculeRecord], config: Con
         smiles_of[raw] = r.smiles
     store = ConformerCache(cache) if cache is not None else None
     hits = store.get_raw_many(list(todo)) if store is not None else {}
+    hits = {raw: hit for raw, hit in hits.items() if _reusable(hit, config)}
     new: list[tuple[str, str, dict[str, Any]]] = []
 
     def apply(raw: str, result: dict[str, Any]) -> None:
@@ -300,9 +312,9 @@ def generate_conformers(items: Sequence[str | Any | MoleculeRecord], config: Con
 
     def on_result(raw: str, result: dict[str, Any]) -> None:
         apply(raw, result)
-        if not result.get("transient"):  # deterministic outcomes only; a parse failure is keyed by its input
+        if not result.get("transient"):  # never a worker crash; a failure without a canonical form by its input
             canonical = result.get("canonical")
-            key = cache_key("canonical", canonical, settings) if canonical else cache_key("invalid", raw, settings)
+            key = cache_key("canonical", canonical, settings) if canonical else cache_key("input", raw, settings)
             new.append((raw, key, result))
         bar.update(1)
 

@@ -73,10 +73,21 @@ def test_fallback_ladder(monkeypatch, failures, source):
         assert np.ptp(rec.coordinates[:, 2]) > 0.1 and not rec.warnings
 
 
-def test_time_limit_kills_only_that_molecule():
-    recs = generate_conformers(["C" * 150, "CCO"], ConformerConfig(time_limit_s=0.3), workers=1, progress=False)
+def test_time_limit_kills_only_that_molecule(tmp_path, monkeypatch):
+    items, cache = ["C" * 150, "CCO"], tmp_path / "c.sqlite"
+    recs = generate_conformers(items, ConformerConfig(time_limit_s=0.3), workers=1, cache=cache, progress=False)
     assert not recs[0].ok and "time limit of 0.3 s" in recs[0].reason
     assert recs[1].ok and recs[1].index == 1
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("RDKit work on a cached rerun")
+
+    with monkeypatch.context() as m:  # the time-out is cached: the same limit would time out again
+        m.setattr(conf_mod, "conformer_from_smiles", forbidden)
+        again = generate_conformers(items, ConformerConfig(time_limit_s=0.3), workers=1, cache=cache, progress=False)
+        assert [r.reason for r in again] == [r.reason for r in recs]
+    longer = generate_conformers(items, ConformerConfig(time_limit_s=0.6), workers=1, cache=cache, progress=False)
+    assert "time limit of 0.6 s" in longer[0].reason  # a larger limit tries again
 
 
 def test_cache_rerun_does_no_rdkit_work(tmp_path, monkeypatch):
