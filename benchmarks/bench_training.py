@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -109,8 +110,8 @@ def bench_stage2(r: h.Run) -> None:
     from molm_fast.models import MoLM, get_config
     from molm_fast.training.config import training_config
     from molm_fast.training.loop import to_device
-    from molm_fast.training.packing import pack_sequences, pad_sequences, use_packed_attention
-    from molm_fast.training.stage2 import SequenceCollate, Stage2Step
+    from molm_fast.training.packing import pack_sequences, pad_sequences
+    from molm_fast.training.stage2 import SequenceCollate, Stage2Step, prepare_llm
 
     B = 16 if r.is_cuda else 8
     torch.manual_seed(0)
@@ -118,17 +119,9 @@ def bench_stage2(r: h.Run) -> None:
     if r.is_cuda:
         mcfg.llm = dataclasses.replace(mcfg.llm, llama=dict(LLAMA2_7B), path=None)
     molm = MoLM(mcfg).to(r.device)
-    base = molm.llm.llm_model.get_base_model()
-    use_packed_attention(base)
-    liger = False
-    if r.is_cuda:
-        try:
-            from liger_kernel.transformers import apply_liger_kernel_to_llama
-
-            apply_liger_kernel_to_llama(model=base)
-            liger = True
-        except ImportError:
-            pass
+    cfg = training_config("paper" if r.is_cuda else "tiny", 2, packing=True, liger=True)
+    prepare_llm(molm, cfg)  # per-sample packed attention; Liger on CUDA when installed
+    liger = r.is_cuda and importlib.util.find_spec("liger_kernel") is not None
     step = Stage2Step(molm).train()
     params = [p for p in molm.parameters() if p.requires_grad]
     tok = molm.llm.tokenizer
@@ -143,7 +136,6 @@ def bench_stage2(r: h.Run) -> None:
         ref_batch = {"mol": mol, **padded}
     else:
         data, idx = _pairs(B)
-        cfg = training_config("tiny", 2)
         fast_batch = SequenceCollate(data, tok, dataclasses.replace(cfg, packing=True))(idx)
         ref_batch = SequenceCollate(data, tok, dataclasses.replace(cfg, packing=False, text_padding="max_length"))(idx)
     fast_batch, ref_batch = to_device(fast_batch, r.device), to_device(ref_batch, r.device)

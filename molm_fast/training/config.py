@@ -93,9 +93,10 @@ _PAPER = {
 
 # tiny: a random 2-layer Uni-Mol gives molecule signals far below the Q-Former's dropout noise at init (measured:
 # MTC stays at ln B for 4 epochs with dropout 0.1, learns within 40 steps without), so tiny trains without
-# Q-Former dropout; the frozen encoder's outputs are cached (exact); text is cut at 64 tokens.
+# Q-Former dropout; the frozen encoder's outputs are cached (exact); text is cut at 64 tokens; B = 16 (more updates
+# per CPU minute: 384 ChEBI pairs x 6 epochs reach 7x chance in-batch retrieval on the pairs seen, ~2.5x held out).
 _TINY = {
-    1: dict(stage=1, model="tiny", batch_size=32, grad_accum=1, max_epochs=6, init_lr=1e-3, min_lr=5e-5,
+    1: dict(stage=1, model="tiny", batch_size=16, grad_accum=1, max_epochs=6, init_lr=1e-3, min_lr=5e-5,
             warmup_lr=1e-5, warmup_steps=10, text_max_length=64, out_dir="runs/tiny_stage1", ckpt_every=50,
             qformer_dropout=0.0, cache_encoder=True),
     # the tiny LLM tokenizer is character-level: prompts are ~280 tokens; 640 keeps all 8 <mol> (longest-first)

@@ -97,6 +97,11 @@ def stage2_model(cfg: TrainConfig, init_from: str | None):
         take = {k: v for k, v in prev.items() if k.startswith(("graph_encoder.", "qformer."))
                 and k in own and own[k].shape == v.shape}
         load_into(molm, take, what=f"stage-{cfg.stage} init from {init_from}")
+    return molm
+
+
+def prepare_llm(molm, cfg: TrainConfig) -> None:
+    """Per-sample packed attention (``cfg.packing``) and, on CUDA, Liger-Kernel's fused ops (``cfg.liger``)."""
     base = molm.llm.llm_model.get_base_model() if hasattr(molm.llm.llm_model, "get_base_model") \
         else molm.llm.llm_model
     if cfg.packing:
@@ -108,7 +113,6 @@ def stage2_model(cfg: TrainConfig, init_from: str | None):
             apply_liger_kernel_to_llama = None
         if apply_liger_kernel_to_llama is not None:
             apply_liger_kernel_to_llama(model=base)
-    return molm
 
 
 @torch.no_grad()
@@ -146,6 +150,7 @@ def train_stage2(cfg: TrainConfig, *, resume: bool = False, train_data: PairData
         molm = stage2_model(cfg, cfg.init_from)
         if rank == 0:
             molm.save_pretrained(base)
+    prepare_llm(molm, cfg)
     sources = train_data if isinstance(train_data, list) else [
         train_data or load_pairs(cfg.train_data, molecules=cfg.molecules, conformer_cache=cfg.conformer_cache,
                                  max_molecules=cfg.max_molecules)]
