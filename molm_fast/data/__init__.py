@@ -10,7 +10,8 @@ Records: ``MoleculeRecord`` (one per input item, status "ok"/"failed" + reason +
 Conformers: ``generate_conformers(items, ConformerConfig(...), workers=, cache=, progress=)`` (ETKDGv3 + MMFF,
 seeded, fallbacks, per-molecule time limit, processes, SQLite cache); ``embed_molecule``, ``conformer_from_smiles``.
 Readers: ``read_smiles``, ``read_text_pairs``, ``read_chebi20_mm``, ``read_qm9_csv``, ``read_pubchemqc_gap``,
-``read_sdf``, ``read_lmdb`` / ``write_lmdb``, ``merge_properties`` (join a property table by id).
+``read_sdf``, ``read_table`` (any CSV/TSV with a SMILES column), ``read_lmdb`` / ``write_lmdb``,
+``merge_properties`` (join a property table by id).
 3D-MoIT: ``computed_property_items`` (MW/LogP/TPSA/Complexity/HOMO/LUMO/gap/SCF QA with upstream templates),
 ``read_moit_json`` / ``write_moit_json``, ``InstructionItem``.
 """
@@ -49,6 +50,7 @@ from molm_fast.data.readers import (
     read_qm9_csv,
     read_sdf,
     read_smiles,
+    read_table,
     read_text_pairs,
     unescape_smiles,
     write_lmdb,
@@ -63,7 +65,8 @@ __all__ = [
     "atom_tokens", "bucket_batches", "check_structure", "collate_reference", "crop_rng", "distance_and_edge_type",
     "featurize_packed", "featurize_reference", "mark_duplicates", "summarize",
     "conformer_from_smiles", "embed_molecule", "generate_conformers",
-    "read_chebi20_mm", "read_lmdb", "read_pubchemqc_gap", "read_qm9_csv", "read_sdf", "read_smiles", "read_text_pairs",
+    "read_chebi20_mm", "read_lmdb", "read_pubchemqc_gap", "read_qm9_csv", "read_sdf", "read_smiles", "read_table",
+    "read_text_pairs",
     "merge_properties", "unescape_smiles", "write_lmdb",
     "InstructionItem", "computed_property_items", "read_moit_json", "write_moit_json",
 ]

@@ -12,6 +12,7 @@ record with its reason, a repeated id gets a warning (``on_duplicate="fail"`` fa
   read_qm9_csv       DeepChem QM9 CSV; HOMO/LUMO/gap converted Hartree -> eV (``homo_ev``, ``lumo_ev``, ``gap_ev``)
   read_pubchemqc_gap PubChemQC-style gap CSV (``gap_ev``; no HOMO, LUMO or SCF in that file; the R .rda original
                      next to it is not read: its CSV export holds the same table)
+  read_table         any CSV/TSV with a SMILES column (column names detected)
   merge_properties   join a property table onto records by id (qm9_mini.sdf + qm9_mini.sdf.csv)
   read_sdf           .sdf, .sdf.gz, or a .zip of SDFs; 3D coordinates used as is, 2D ones left for RDKit
   read_lmdb          3D-MoLM LMDB of pickled dicts (PubChem: atoms/coordinates/smiles/description/...;
@@ -141,6 +142,24 @@ def read_pubchemqc_gap(path: str | os.PathLike, *, on_duplicate: str = "warn") -
         if r.ok:
             r.properties["gap_ev"] = r.properties["HOMO_LUMO_gap_eV"]
     return records
+
+
+def read_table(path: str | os.PathLike, *, smiles_col: str | None = None, id_col: str | None = None,
+               delimiter: str | None = None, on_duplicate: str = "warn") -> list[MoleculeRecord]:
+    """Any CSV/TSV with a SMILES column. Defaults: delimiter by extension (``.csv`` comma, else tab); SMILES column
+    = the first header named smiles/smi (any case); id column = id/cid/mol_id/name, else rows are numbered. Other
+    columns go to ``properties`` as strings."""
+    delimiter = delimiter or ("," if str(path).lower().endswith(".csv") else "\t")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter=delimiter))
+    header = [h.strip() for h in rows[0]] if rows else []
+    smiles_col = smiles_col or next((h for h in header if h.lower() in ("smiles", "smi")), None)
+    if rows and smiles_col is None:
+        raise ValueError(f"read_table: {path} needs a SMILES column (smiles/smi) or smiles_col=; header is {header}")
+    id_col = id_col or next((h for h in header if h.lower() in ("id", "cid", "mol_id", "name")), None)
+    if rows and id_col is None:  # number the rows
+        id_col, rows = "row", [["row", *rows[0]]] + [[str(i), *r] for i, r in enumerate(rows[1:])]
+    return _table("read_table", path, rows, id_col=id_col or "", smiles_col=smiles_col, on_duplicate=on_duplicate)
 
 
 def merge_properties(records: Sequence[MoleculeRecord], extra: Sequence[MoleculeRecord]) -> int:

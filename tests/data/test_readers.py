@@ -22,6 +22,7 @@ from molm_fast.data import (
     read_qm9_csv,
     read_sdf,
     read_smiles,
+    read_table,
     read_text_pairs,
     write_lmdb,
 )
@@ -182,3 +183,16 @@ def test_lmdb_roundtrip_and_pubchemqc_layout(tmp_path):
     assert len(MoleculeStore.from_records(recs)) == 1
     with pytest.raises(ValueError, match="not a file"):
         read_lmdb(tmp_path)
+
+
+def test_read_table_detects_columns(tmp_path):
+    recs = read_table(DATA / "pubchemqc_iqspr" / "qspr_data.csv")
+    assert len(recs) == 16674 and recs[0].id == "1" and recs[0].properties["HOMO_LUMO_gap_eV"] == "4.3525116"
+    (tmp_path / "a.tsv").write_text("Name\tSmi\tx\nethanol\tCCO\t1\nwater\tO\t2\n")
+    assert [(r.id, r.smiles, r.properties["x"]) for r in read_table(tmp_path / "a.tsv")] == [("ethanol", "CCO", "1"),
+                                                                                               ("water", "O", "2")]
+    (tmp_path / "b.csv").write_text("smiles,y\nCC,3\n")
+    assert [(r.id, r.smiles) for r in read_table(tmp_path / "b.csv")] == [("0", "CC")]
+    (tmp_path / "c.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="needs a SMILES column"):
+        read_table(tmp_path / "c.csv")
