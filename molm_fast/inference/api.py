@@ -261,8 +261,9 @@ def embed_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 256
     from molm_fast.inference.embed import embed_texts as _embed_texts
 
     with tempfile.TemporaryDirectory() as d:
-        _embed_texts(model, tokenizer, list(texts), d, settings=EmbedSettings(kind="text", batch_size=batch_size),
-                     progress=progress)
+        max_length = min(EmbedSettings.max_length, model.config.qformer.max_position_embeddings)  # tiny: 128
+        _embed_texts(model, tokenizer, list(texts), d, progress=progress,
+                     settings=EmbedSettings(kind="text", batch_size=batch_size, max_length=max_length))
         return load_embeddings(d, mmap=False)[0]
 
 

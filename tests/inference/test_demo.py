@@ -17,7 +17,9 @@ def test_demo_quick_trains_saves_and_uses_a_model(tmp_path, capsys):
     for stage in ("[conformers]", "[stage 1]", "[retrieval]", "[stage 2]", "[caption]", "[qa]", "[done]"):
         assert stage in printed, f"demo output lacks {stage}:\n{printed}"
     report = json.loads((out / "report.json").read_text())
-    assert 0.0 <= report["retrieval"]["g2t_acc"] <= 1.0 and report["retrieval"]["chance"] == pytest.approx(1 / 32)
+    ret = report["retrieval"]
+    assert ret["pairs"] == 32 and ret["fullset_chance_acc"] == pytest.approx(1 / 32)
+    assert all(0.0 <= v <= 1.0 for v in (*ret["fullset"].values(), *ret["inbatch"].values()))
     assert set(report["caption"]) == {"bleu2", "bleu4", "rouge1", "rouge2", "rougeL", "meteor"}
     assert set(report["qa"]) <= {"Molecular Weight", "LogP", "Topological Polar Surface Area"} and report["qa"]
     # the saved model directory is what the other commands take
