@@ -62,12 +62,10 @@ class ItemResult:
 
 # ------------------------------------------------------------------------------------------- molecules in
 def read_input(path: str | os.PathLike) -> list:
-    """Records of a molecule file: SDF (.sdf, .sdf.gz, .zip), CSV / TSV with a SMILES column (any case; optional
-    id column ``id``/``CID``/``name``; other columns go to ``properties``), or a SMILES file (``SMILES [id]``)."""
-    import csv
-
+    """Records of a molecule file: SDF (.sdf, .sdf.gz, .zip), CSV / TSV with a SMILES column (``read_table``: any
+    case; id column id/CID/mol_id/name; other columns go to ``properties``), or a SMILES file (``SMILES [id]``)."""
     from molm_fast.data import read_sdf, read_smiles
-    from molm_fast.data.readers import _table
+    from molm_fast.data.readers import read_table
 
     p = Path(path)
     if not p.is_file():
@@ -76,18 +74,7 @@ def read_input(path: str | os.PathLike) -> list:
     if name.endswith((".sdf", ".sdf.gz", ".zip", ".mol")):
         return read_sdf(p)
     if name.endswith((".csv", ".tsv")):
-        delimiter = "\t" if name.endswith(".tsv") else ","
-        with open(p, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f, delimiter=delimiter))
-        header = [h.strip() for h in rows[0]] if rows else []
-        smiles_col = next((h for h in header if h.lower() in ("smiles", "smi")), None)
-        if smiles_col is None:
-            raise ValueError(f"input {p}: a {name.rsplit('.', 1)[-1].upper()} file needs a SMILES column; "
-                             f"header is {header}")
-        id_col = next((h for h in header if h.lower() in ("id", "cid", "name")), None)
-        if id_col is None:  # number the rows
-            id_col, rows = "id", [["id", *rows[0]]] + [[str(i), *r] for i, r in enumerate(rows[1:])]
-        return _table("read_input", p, rows, id_col=id_col, smiles_col=smiles_col)
+        return read_table(p)
     return read_smiles(p)
 
 
