@@ -56,7 +56,7 @@ def _property_data(pairs, seed: int = 0):
                     tasks=[it.task for it in items])
 
 
-def run_demo(output: str | Path = "molm-fast-demo", *, quick: bool = False, bert_dir: str | None = None) -> int:
+def run_demo(output: str | Path = "molm-fast-demo", *, quick: bool = False) -> int:
     """Train and use the tiny model; everything goes under ``output``. ``quick``: fewer molecules and steps."""
     from molm_fast.inference import api, metrics
     from molm_fast.training.config import training_config
