@@ -160,8 +160,8 @@ def _run_generation(model, records: Sequence, instructions: Sequence[str | None]
                                                            fast)[0], None))
                     except Exception as item_exc:
                         outcome.append((i, None, f"{type(item_exc).__name__}: {item_exc}"))
-                if all(err for _, _, err in outcome):
-                    raise exc
+                if len(idx) > 1 and all(err for _, _, err in outcome):
+                    raise exc  # every item fails alone too: not a bad molecule but a broken model or setup
             for i, text, err in outcome:
                 r = records_of[int(store.record_index[i])]
                 res = ItemResult(r.index, r.id, ERROR if err else OK, answer=text, error=err,
