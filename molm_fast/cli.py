@@ -205,8 +205,13 @@ def cmd_convert(args) -> int:
 
     if not Path(args.checkpoint).is_file():
         raise UsageError(f"--checkpoint {args.checkpoint} does not exist")
-    _, report = convert_lightning_checkpoint(args.checkpoint, unimol_path=args.unimol, llm_path=args.llm,
-                                             out_dir=args.output)
+    from molm_fast.models import get_config
+
+    config = get_config(args.config) if args.config else None
+    if config is not None and args.stage1:
+        config = config.stage1()
+    _, report = convert_lightning_checkpoint(args.checkpoint, config=config, unimol_path=args.unimol,
+                                             llm_path=args.llm, out_dir=args.output)
     print(f"convert: wrote {args.output}; {report}")
     return 0
 
@@ -329,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="model directory to write")
     p.add_argument("--unimol", default=None, help="Uni-Mol weights mol_pre_no_h_220816.pt")
     p.add_argument("--llm", default=None, help="local Llama-2-7B directory (Hugging Face layout)")
+    p.add_argument("--config", choices=("paper", "tiny"), default=None,
+                   help="model preset (default: paper, stage from the checkpoint's key prefix)")
+    p.add_argument("--stage1", action="store_true", help="with --config: the stage-1 variant (no LLM)")
     p.set_defaults(func=cmd_convert)
     p = sub.add_parser("bench", help="throughput per stage (conformers, encoder, generation)")
     p.add_argument("--model", default=None, help="model directory (default: a random tiny model)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from molm_fast import cli
 from molm_fast.inference import api
@@ -219,3 +220,23 @@ def test_eval_retrieval_and_stage2_model_refused(stage1_dir, model_dir, tmp_path
     assert cli.main(["embed", "--input", str(pairs), "--output", str(tmp_path / "e"), "--model", str(model_dir),
                      "--quiet"]) == 2
     assert "stage-1 model" in capsys.readouterr().err
+
+
+def test_convert_released_layout_checkpoint_then_caption(tmp_path, smiles_file):
+    """A Lightning checkpoint in the released layout (prefix blip2opt., trainable tensors only, bf16) of the tiny
+    preset -> a model directory the other commands take."""
+    from molm_fast import MoLM
+
+    src = MoLM("tiny")
+    sd = {f"blip2opt.{k.removeprefix('qformer.').removeprefix('llm.')}": v.to(torch.bfloat16)
+          for k, v in src.state_dict().items() if k.startswith("qformer.") or "lora_" in k}
+    ckpt = tmp_path / "stage2.ckpt"
+    torch.save({"state_dict": sd, "epoch": 9}, ckpt)
+    out = tmp_path / "converted"
+    assert cli.main(["convert", "--checkpoint", str(ckpt), "--output", str(out), "--config", "tiny"]) == 0
+    got = MoLM.from_pretrained(out).state_dict()
+    for k, v in src.state_dict().items():
+        if k.startswith("qformer.") or "lora_" in k:
+            assert torch.equal(got[k], v.to(torch.bfloat16).float()), k
+    res = tmp_path / "cap.jsonl"
+    assert _caption(out, smiles_file, res) == 0 and len(_read(res)) == len(SMILES)
