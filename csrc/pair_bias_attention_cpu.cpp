@@ -9,6 +9,7 @@
 // describes one (molecule, head). fp32/fp64/bf16 in; fp32 math (fp64 for fp64): the softmax uses the fp32 logits
 // (bf16 only on the way out). Dropout: Philox (common.h), the same mask as Triton and the reference.
 #include <cmath>
+#include <algorithm>
 #include <limits>
 #include <vector>
 
@@ -131,56 +132,85 @@ struct Dropout {
   S factor(uint64_t offset) const { return philox_uniform(seed, offset) >= p ? scale : S(0); }
 };
 
+// Reductions over a row of width w (a multiple of 16) with 16 independent partial results, so they vectorise
+// (and pipeline) without relying on the compiler's permission to reassociate.
+template <typename S>
+inline S row_max(const S* __restrict row, int64_t w) {
+  S part[16];
+  for (int l = 0; l < 16; ++l) part[l] = row[l];
+  for (int64_t j = 16; j < w; j += 16)
+    for (int l = 0; l < 16; ++l) part[l] = row[j + l] > part[l] ? row[j + l] : part[l];
+  S m = part[0];
+  for (int l = 1; l < 16; ++l) m = part[l] > m ? part[l] : m;
+  return m;
+}
+
+// row[j] = exp(row[j] - m) in place; returns the sum.
+template <typename S>
+inline S exp_and_sum(S* __restrict row, S m, int64_t w) {
+  S part[16] = {};
+  for (int64_t j = 0; j < w; j += 16)
+    for (int l = 0; l < 16; ++l) {
+      row[j + l] = exp_(row[j + l] - m);
+      part[l] += row[j + l];
+    }
+  S sum = 0;
+  for (int l = 0; l < 16; ++l) sum += part[l];
+  return sum;
+}
+
+// Rows are processed at a width padded to whole 64-byte vectors (keys past n hold 0 in K and V and -inf in the
+// logits), so the short rows of small molecules run without scalar tails.
+inline int64_t padded_width(int64_t n) { return (n + 15) & ~int64_t(15); }
+
+template <typename S>
+S* scratch(std::vector<S>& buf, int64_t elements) {
+  buf.resize(elements + 64 / sizeof(S));
+  return reinterpret_cast<S*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
+}
+
 template <typename T, typename S, int DC>
 MOLM_FAST_MULTIVERSION void forward_one(const Problem& P, int64_t Drt, int64_t Dvrt, const T* q, const T* k,
                                         const T* v, const T* bias, T* out, T* logits, S* lse, S scale,
                                         const Dropout<S>* drop, std::vector<S>& buf) {
-  const int64_t D = DC ? DC : Drt, Dv = DC ? DC : Dvrt, n = P.n;
-  buf.resize((D + Dv + 1) * n + D + Dv);
-  S* kt = buf.data();      // [D][n]
-  S* vt = kt + D * n;      // [Dv][n]
-  S* row = vt + Dv * n;    // [n]
-  S* qs = row + n;         // [D]
+  const int64_t D = DC ? DC : Drt, Dv = DC ? DC : Dvrt, n = P.n, w = padded_width(n);
+  const S inf = std::numeric_limits<S>::infinity();
+  S* kt = scratch(buf, (D + Dv + 1) * w + D + Dv);  // [D][w]
+  S* vt = kt + D * w;      // [Dv][w]
+  S* row = vt + Dv * w;    // [w]
+  S* qs = row + w;         // [D]
   S* o = qs + D;           // [Dv]
+  std::fill(kt, row, S(0));
   for (int64_t j = 0; j < n; ++j) {
-    for (int64_t d = 0; d < D; ++d) kt[d * n + j] = Io<S>::load(k[P.at[kK] + j * P.row[kK] + d]);
-    for (int64_t d = 0; d < Dv; ++d) vt[d * n + j] = Io<S>::load(v[P.at[kV] + j * P.row[kV] + d]);
+    for (int64_t d = 0; d < D; ++d) kt[d * w + j] = Io<S>::load(k[P.at[kK] + j * P.row[kK] + d]);
+    for (int64_t d = 0; d < Dv; ++d) vt[d * w + j] = Io<S>::load(v[P.at[kV] + j * P.row[kV] + d]);
   }
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t d = 0; d < D; ++d) qs[d] = Io<S>::load(q[P.at[kQ] + i * P.row[kQ] + d]) * scale;
     const T* brow = bias + P.bias + i * P.bias_i;
-    rowdot<S, DC>(row, qs, kt, n, D);
+    rowdot<S, DC>(row, qs, kt, w, D);
     if (P.bias_j == 1) {
       for (int64_t j = 0; j < n; ++j) row[j] += Io<S>::load(brow[j]);
     } else {
       for (int64_t j = 0; j < n; ++j) row[j] += Io<S>::load(brow[j * P.bias_j]);
     }
+    for (int64_t j = n; j < w; ++j) row[j] = -inf;
     if (logits)  // the low-rank path writes no pair tensor
       for (int64_t j = 0; j < n; ++j) Io<S>::store(logits + P.pair + i * n + j, row[j]);
-    S m = -std::numeric_limits<S>::infinity();
-#pragma omp simd reduction(max : m)
-    for (int64_t j = 0; j < n; ++j) m = row[j] > m ? row[j] : m;
+    const S m = row_max(row, w);
     T* orow = out + P.at[kOut] + i * P.row[kOut];
-    if (m == -std::numeric_limits<S>::infinity()) {  // no key: out 0, LSE -inf (never NaN)
+    if (m == -inf) {  // no key: out 0, LSE -inf (never NaN)
       for (int64_t d = 0; d < Dv; ++d) Io<S>::store(orow + d, S(0));
       lse[P.lse + i * P.lse_i] = m;
       continue;
     }
-    S sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < n; ++j) {
-      row[j] = exp_(row[j] - m);
-      sum += row[j];
-    }
+    const S sum = exp_and_sum(row, m, w);
     lse[P.lse + i * P.lse_i] = m + std::log(sum);
+    if (drop)
+      for (int64_t j = 0; j < n; ++j) row[j] *= drop->factor(uint64_t(P.pair + i * n + j));
+    coldot<S, DC>(o, row, vt, w, Dv);  // out row = (e v) / sum
     const S inv = S(1) / sum;
-    if (drop) {
-      for (int64_t j = 0; j < n; ++j) row[j] *= inv * drop->factor(uint64_t(P.pair + i * n + j));
-    } else {
-      for (int64_t j = 0; j < n; ++j) row[j] *= inv;
-    }
-    coldot<S, DC>(o, row, vt, n, Dv);  // out row = p v
-    for (int64_t d = 0; d < Dv; ++d) Io<S>::store(orow + d, o[d]);
+    for (int64_t d = 0; d < Dv; ++d) Io<S>::store(orow + d, o[d] * inv);
   }
 }
 
@@ -189,22 +219,22 @@ MOLM_FAST_MULTIVERSION void backward_one(const Problem& P, int64_t Drt, const T*
                                          const T* k, const T* v, const T* bias, const T* out, const S* lse, T* dq,
                                          T* dk, T* dv, T* dbias, S scale, const Dropout<S>* drop,
                                          std::vector<S>& buf) {
-  const int64_t D = DC ? DC : Drt, n = P.n;
-  buf.resize((4 * D + 2) * n + 2 * D);
-  S* kt = buf.data();      // [D][n]
-  S* vt = kt + D * n;      // [D][n]
-  S* dkt = vt + D * n;     // [D][n]
-  S* dvt = dkt + D * n;    // [D][n]
-  S* dl = dvt + D * n;     // [n]
-  S* pd = dl + n;          // [n]
-  S* qs = pd + n;          // [D]
+  const int64_t D = DC ? DC : Drt, n = P.n, w = padded_width(n);
+  const S inf = std::numeric_limits<S>::infinity();
+  S* kt = scratch(buf, (4 * D + 2) * w + 2 * D);  // [D][w]
+  S* vt = kt + D * w;      // [D][w]
+  S* dkt = vt + D * w;     // [D][w]
+  S* dvt = dkt + D * w;    // [D][w]
+  S* dl = dvt + D * w;     // [w]
+  S* pd = dl + w;          // [w]
+  S* qs = pd + w;          // [D]
   S* g = qs + D;           // [D]
+  std::fill(kt, dl, S(0));  // kt, vt, dkt, dvt
   for (int64_t j = 0; j < n; ++j)
     for (int64_t d = 0; d < D; ++d) {
-      kt[d * n + j] = Io<S>::load(k[P.at[kK] + j * P.row[kK] + d]);
-      vt[d * n + j] = Io<S>::load(v[P.at[kV] + j * P.row[kV] + d]);
+      kt[d * w + j] = Io<S>::load(k[P.at[kK] + j * P.row[kK] + d]);
+      vt[d * w + j] = Io<S>::load(v[P.at[kV] + j * P.row[kV] + d]);
     }
-  for (int64_t x = 0; x < 2 * D * n; ++x) dkt[x] = 0;  // dkt and dvt
   for (int64_t i = 0; i < n; ++i) {
     const T* grow = go + P.at[kGradOut] + i * P.row[kGradOut];
     const T* orow = out + P.at[kOut] + i * P.row[kOut];
@@ -214,21 +244,31 @@ MOLM_FAST_MULTIVERSION void backward_one(const Problem& P, int64_t Drt, const T*
       g[d] = Io<S>::load(grow[d]);
       delta += g[d] * Io<S>::load(orow[d]);
     }
-    rowdot<S, DC>(pd, qs, kt, n, D);  // the logits again, exactly as the forward made them
-    rowdot<S, DC>(dl, g, vt, n, D);   // dp = dO v^T
+    rowdot<S, DC>(pd, qs, kt, w, D);  // the logits again, exactly as the forward made them
+    rowdot<S, DC>(dl, g, vt, w, D);   // dp = dO v^T
     const S l = lse[P.lse + i * P.lse_i];
-    const bool empty = l == -std::numeric_limits<S>::infinity();
+    const S lsafe = l == -inf ? inf : l;  // a row with no key: p = exp(-inf) = 0
     const T* brow_in = bias + P.bias + i * P.bias_i;
     if (P.bias_j == 1) {
       for (int64_t j = 0; j < n; ++j) pd[j] += Io<S>::load(brow_in[j]);
     } else {
       for (int64_t j = 0; j < n; ++j) pd[j] += Io<S>::load(brow_in[j * P.bias_j]);
     }
-    for (int64_t j = 0; j < n; ++j) {
-      const S p = empty ? S(0) : exp_(pd[j] - l);
-      const S f = drop ? drop->factor(uint64_t(P.pair + i * n + j)) : S(1);
-      pd[j] = p * f;
-      dl[j] = p * (dl[j] * f - delta);
+    for (int64_t j = n; j < w; ++j) pd[j] = -inf;
+    if (drop) {
+      for (int64_t j = 0; j < w; ++j) {
+        const S p = exp_(pd[j] - lsafe);
+        const S f = j < n ? drop->factor(uint64_t(P.pair + i * n + j)) : S(0);
+        pd[j] = p * f;
+        dl[j] = p * (dl[j] * f - delta);
+      }
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < w; ++j) {
+        const S p = exp_(pd[j] - lsafe);
+        pd[j] = p;
+        dl[j] = p * (dl[j] - delta);
+      }
     }
     T* brow = dbias + P.pair + i * n;
     if (gl) {
@@ -237,16 +277,16 @@ MOLM_FAST_MULTIVERSION void backward_one(const Problem& P, int64_t Drt, const T*
     }
     for (int64_t j = 0; j < n; ++j) Io<S>::store(brow + j, dl[j]);
     S acc[DC ? DC : 64];
-    coldot<S, DC>(acc, dl, kt, n, D);  // dq row = scale dlogits k
+    coldot<S, DC>(acc, dl, kt, w, D);  // dq row = scale dlogits k
     T* dqrow = dq + P.at[kDq] + i * P.row[kDq];
     for (int64_t d = 0; d < D; ++d) Io<S>::store(dqrow + d, acc[d] * scale);
-    rank1_update<S, DC>(dkt, dl, qs, n, D);
-    rank1_update<S, DC>(dvt, pd, g, n, D);
+    rank1_update<S, DC>(dkt, dl, qs, w, D);
+    rank1_update<S, DC>(dvt, pd, g, w, D);
   }
   for (int64_t j = 0; j < n; ++j)
     for (int64_t d = 0; d < D; ++d) {
-      Io<S>::store(dk + P.at[kDk] + j * P.row[kDk] + d, dkt[d * n + j]);
-      Io<S>::store(dv + P.at[kDv] + j * P.row[kDv] + d, dvt[d * n + j]);
+      Io<S>::store(dk + P.at[kDk] + j * P.row[kDk] + d, dkt[d * w + j]);
+      Io<S>::store(dv + P.at[kDv] + j * P.row[kDv] + d, dvt[d * w + j]);
     }
 }
 

@@ -1,0 +1,120 @@
+"""Uni-Mol encoder forward (inference) on the PubChem324k size mix (performance.md §9.2 E1; issue 6's CPU goal).
+
+The paper-sized encoder (15 x 512, 64 heads), random weights, eval mode. One timed call encodes M molecules drawn
+from the PubChem324k mix (seeded) in batches of B, padded to each batch's largest molecule as the reference collates
+(policy (a)) or packed with cu_seqlens (policy (c): the same batches, no padded work). Providers:
+- ``unimol_tools``: A-tools, unimol-tools' own Uni-Mol modules, fp32 eager (its inference default); and
+  ``unimol_tools[bf16-autocast]``;
+- ``reference``: molm_fast's encoder under ``use_backend("reference")``, padded, fp32 (the ratio's denominator);
+- ``molm_fast:<backend>[padded|packed|packed,low-rank]`` in fp32 and, with the whole model cast, bf16 (on CPUs
+  with AMX/AVX512-bf16 PyTorch's GEMMs use them).
+CPU: M = 64 in batches of 16 (the issue's setting), each provider timed ONCE over all of them after one warm-up
+(``Run.once``: seconds per call on 2 cores); torch.compile anchors are left to the GPU suite (minutes to compile here).
+GPU: M = 1,024, B = 64, bf16 for molm_fast and autocast for the anchors, plus ``reference_compiled``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from benchmarks import anchors
+from benchmarks import harness as h
+from molm_fast.models.config import UniMolConfig
+from molm_fast.models.unimol import UniMolEncoder
+from molm_fast.ops import use_backend
+
+OP = "encoder"
+NUM_TYPES = 31
+
+
+def flops(ns: list[int]) -> float:
+    """performance.md §5.1: 94.4 M N + 91 k N^2 per molecule (linears, attention, elementwise, GBF + MLP)."""
+    return float(sum(94.4e6 * n + 91e3 * n * n for n in ns))
+
+
+def _batches(M: int, B: int, device: torch.device) -> list[dict]:
+    """M molecules from the PubChem324k mix in batches of B: padded tensors for both models and the packed form."""
+    gen = torch.Generator().manual_seed(0)
+    ns_all = h.sample_sizes("pubchem324k", M, seed=0)
+    out = []
+    for i in range(0, M, B):
+        ns = ns_all[i:i + B]
+        tokens = anchors.unimol_inputs(ns, torch.device("cpu"), NUM_TYPES, 0, gen)[0]  # [B, N], pads 0
+        N = tokens.shape[1]
+        keep = torch.arange(N)[None, :] < torch.tensor(ns)[:, None]  # [B, N]
+        tokens[:, 0] = 1
+        tokens[torch.arange(len(ns)), torch.tensor(ns) - 1] = 2
+        coords = h.padded_coords(ns, torch.device("cpu"), generator=gen)  # [B, N, 3]
+        dist = torch.cdist(coords, coords)  # [B, N, N], what unimol-tools' featuriser hands its model
+        edge = tokens[:, :, None] * NUM_TYPES + tokens[:, None, :]
+        out.append({"ns": ns, "tokens": tokens.to(device), "coords": coords.to(device), "dist": dist.to(device),
+                    "edge": edge.to(device), "ptokens": tokens[keep].to(device), "pcoords": coords[keep].to(device),
+                    "cu": h.cu_seqlens(ns, device), "max": max(ns)})
+    return out
+
+
+def _providers(r: h.Run, batches: list[dict]) -> dict:
+    lowp = torch.bfloat16
+    model = UniMolEncoder(UniMolConfig()).eval().to(r.device)
+    model_lowp = UniMolEncoder(UniMolConfig()).eval().to(r.device, lowp)
+    model_lowp.load_state_dict({k: v.to(lowp) for k, v in model.state_dict().items()})
+    providers = {}
+    try:
+        tools = anchors.unimol_tools_encoder(r.device)
+        providers["unimol_tools"] = lambda: [tools(b["tokens"], b["dist"], b["edge"]) for b in batches]
+
+        def tools_autocast():
+            with torch.autocast(r.device.type, dtype=lowp):
+                return [tools(b["tokens"], b["dist"], b["edge"]) for b in batches]
+
+        providers["unimol_tools[bf16-autocast]"] = tools_autocast
+    except anchors.AnchorUnavailable as exc:
+        print(f"bench_encoder: unimol_tools anchor unavailable: {exc}")
+
+    def padded(m, backend):
+        def run():
+            with use_backend(backend):
+                return [m(b["tokens"], b["coords"])[0] for b in batches]
+        return run
+
+    def packed(m, backend, low_rank):
+        def run():
+            with use_backend(backend):
+                return [m.forward_packed(b["ptokens"], b["pcoords"], b["cu"], b["max"], low_rank=low_rank)
+                        for b in batches]
+        return run
+
+    providers["reference"] = padded(model, "reference")
+    if r.is_cuda:
+        compiled = torch.compile(model, dynamic=False)
+        providers["reference_compiled"] = padded(compiled, "reference")
+    for backend in h.molm_backends("pair_bias_attention", r.device):
+        for m, tag in ((model, "fp32"), (model_lowp, "bf16")):
+            if r.is_cuda and tag == "fp32":
+                continue
+            providers[f"molm_fast:{backend}[padded,{tag}]"] = padded(m, backend)
+            providers[f"molm_fast:{backend}[packed,{tag}]"] = packed(m, backend, False)
+            providers[f"molm_fast:{backend}[packed,low-rank,{tag}]"] = packed(m, backend, True)
+    return providers
+
+
+def run(r: h.Run) -> None:
+    M, B = (16, 16) if r.quick else ((1024, 64) if r.is_cuda else (64, 16))
+    batches = _batches(M, B, r.device)
+    ns = [n for b in batches for n in b["ns"]]
+    padded_flops = float(sum(flops([b["max"]] * len(b["ns"])) for b in batches))
+    case = h.Case(OP, {"M": M, "B": B, "layers": 15, "C": 512, "H": 64}, "float32/bfloat16", "pubchem324k",
+                  units=h.units(ns), flops=flops(ns), bytes=None, headline=True)
+    with torch.inference_mode():
+        for name, fn in _providers(r, batches).items():
+            try:
+                fn()  # warm-up (one pass over the batches; compiles where compiled)
+            except Exception as exc:  # recorded, never dropped
+                r.skip(case, name, f"{type(exc).__name__}: {exc}")
+                continue
+            note = f"one timed pass over {M} molecules in batches of {B}; padded FLOPs {padded_flops:.3g}"
+            r.once(case, name, fn, notes=note)
+
+
+if __name__ == "__main__":
+    h.main(run)
