@@ -130,7 +130,7 @@ class _Decoder:
                  max_new_tokens: int, compile: bool):
         B, L = mask.shape
         out = lm(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=self._positions(mask),
-                 use_cache=True)
+                 use_cache=True, logits_to_keep=1)  # the LM head on the last position only
         self.first_logits = out.logits[:, -1].float().repeat_interleave(repeats, 0)  # [B*K, V] fp32
         rows = B * repeats
         cache_len = -(-(L + max_new_tokens) // CACHE_LEN_MULTIPLE) * CACHE_LEN_MULTIPLE
