@@ -1,8 +1,8 @@
 """Training steps (performance.md §9.2 T1, T2): one full optimizer step, reference layout vs molm_fast's.
 
 T1 (stage 1, MTC + MTM(3x) + MTG, Uni-Mol frozen), one step on B pairs:
-  ``reference``  text padded to ``max_length`` (256 in the paper), ops under ``use_backend("reference")``, Uni-Mol
-                 run every step;
+  ``reference``  text padded to ``max_length`` (256 in the paper; on CPU 128, the tiny Q-Former's position
+                 limit), ops under ``use_backend("reference")``, Uni-Mol run every step;
   ``molm_fast``  text padded to the batch's longest, the fastest ops, Uni-Mol outputs cached (exact in eval mode).
 T2 (stage 2, LoRA), one step on B samples:
   ``reference``  upstream layout: left padding to ``max_length`` (320 paper), HF sdpa attention;
@@ -64,7 +64,7 @@ def bench_stage1(r: h.Run) -> None:
     B = 64 if r.is_cuda else 32
     data, idx = _pairs(B)
     tok = build_wordpiece_tokenizer(data.texts)
-    cfg = training_config("paper" if r.is_cuda else "tiny", 1, text_max_length=256 if r.is_cuda else 64,
+    cfg = training_config("paper" if r.is_cuda else "tiny", 1, text_max_length=256 if r.is_cuda else 128,  # T1: 256
                           model="paper" if r.is_cuda else "tiny")
     torch.manual_seed(0)
     molm = None if r.is_cuda else stage1_model(cfg, tok)
