@@ -63,16 +63,19 @@ def _pair_bias_attention_forward_kernel(
     H, N, scale, dropout_p, seed,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on, stride_bb, stride_bh, stride_bi, stride_bj,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    IS_VARLEN: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    WRITE_LOGITS: tl.constexpr,
 ):
+    """HEAD_DIM is q's and k's head dim, HEAD_DIM_V v's and out's (they differ on the low-rank path, which also
+    writes no logits: WRITE_LOGITS False)."""
     bh = tl.program_id(0).to(tl.int64)
     b, h = bh // H, bh % H
     t0, n, pair, lse_base, lse_stride = _problem(b, h, H, N, cu_ptr, cu_pairs_ptr, IS_VARLEN)
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     if tl.program_id(1) * BLOCK_M < n:
         cols = tl.arange(0, BLOCK_N)
-        dims = tl.arange(0, BLOCK_D)
+        dims = tl.arange(0, BLOCK_DV)
         mr, mc = rows < n, cols < n
         if IS_VARLEN:
             bias_base, stride_i, stride_j = pair, n, 1
@@ -83,7 +86,8 @@ def _pair_bias_attention_forward_kernel(
                                 scale, stride_qn, stride_kn, bias_base, stride_i, stride_j, HEAD_DIM, BLOCK_D)
         m2 = mr[:, None] & mc[None, :]
         elem = pair + rows[:, None] * n + cols[None, :]  # [BLOCK_M, BLOCK_N] int64 index into the logits
-        tl.store(logits_ptr + elem, s.to(logits_ptr.dtype.element_ty), mask=m2)
+        if WRITE_LOGITS:
+            tl.store(logits_ptr + elem, s.to(logits_ptr.dtype.element_ty), mask=m2)
         m = tl.max(s, 1)
         empty = m == float("-inf")  # a row with no key: out 0, LSE -inf
         m = tl.where(empty, 0.0, m)
@@ -94,10 +98,10 @@ def _pair_bias_attention_forward_kernel(
         if HAS_DROPOUT:
             p = tl.where(dropout_keep(seed, elem, dropout_p), p / (1.0 - dropout_p), 0.0)
         v = tl.load(v_ptr + b * stride_vb + h * stride_vh + (t0 + cols[:, None]) * stride_vn + dims[None, :],
-                    mask=mc[:, None] & (dims[None, :] < HEAD_DIM), other=0.0)
+                    mask=mc[:, None] & (dims[None, :] < HEAD_DIM_V), other=0.0)
         o = _dot(p.to(v.dtype), v, v.dtype == tl.float32)
         out = out_ptr + b * stride_ob + h * stride_oh + (t0 + rows[:, None]) * stride_on + dims[None, :]
-        tl.store(out, o.to(out_ptr.dtype.element_ty), mask=mr[:, None] & (dims[None, :] < HEAD_DIM))
+        tl.store(out, o.to(out_ptr.dtype.element_ty), mask=mr[:, None] & (dims[None, :] < HEAD_DIM_V))
 
 
 @triton.jit
@@ -191,15 +195,18 @@ def _setup(q, bias, cu_seqlens, max_seqlen):
 
 def pair_bias_attention_forward_triton(q, k, v, bias, out, logits, lse, scale, dropout_p, seed, cu_seqlens,
                                        max_seqlen):
-    """Fills out, logits and lse (allocated by the caller); q, k, v need a contiguous last dim."""
+    """Fills out, logits (None: not written, the low-rank path) and lse, allocated by the caller; q, k, v need a
+    contiguous last dim; v's head dim may differ from q's and k's."""
     packed, B, H, D, cu, cu_pairs, bias_strides, BLOCK_N, BLOCK_D = _setup(q, bias, cu_seqlens, max_seqlen)
     BLOCK_M = max(16, min(64, 4096 // BLOCK_N))
     grid = (B * H, triton.cdiv(max_seqlen, BLOCK_M))
+    Dv = v.shape[-1]
     _pair_bias_attention_forward_kernel[grid](
-        q, k, v, bias, out, logits, lse, cu, cu_pairs, H, max_seqlen, scale, dropout_p, seed,
-        *_token_strides(q, packed), *_token_strides(k, packed), *_token_strides(v, packed),
+        q, k, v, bias, out, logits if logits is not None else out, lse, cu, cu_pairs, H, max_seqlen, scale,
+        dropout_p, seed, *_token_strides(q, packed), *_token_strides(k, packed), *_token_strides(v, packed),
         *_token_strides(out, packed), *bias_strides,
-        HEAD_DIM=D, BLOCK_D=BLOCK_D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, IS_VARLEN=packed, HAS_DROPOUT=dropout_p > 0,
+        HEAD_DIM=D, BLOCK_D=BLOCK_D, HEAD_DIM_V=Dv, BLOCK_DV=next_power_of_2(Dv), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+        IS_VARLEN=packed, HAS_DROPOUT=dropout_p > 0, WRITE_LOGITS=logits is not None,
     )
 
 

@@ -58,7 +58,18 @@ def _forward_cpp(q_cat, k_cat, v, bias0, cu_seqlens, max_seqlen):
     return out
 
 
-_FORWARD = {"reference": _forward_reference, "cpp": _forward_cpp}
+def _forward_triton(q_cat, k_cat, v, bias0, cu_seqlens, max_seqlen):
+    from molm_fast.kernels.pair_bias_attention import pair_bias_attention_forward_triton
+
+    q_cat, k_cat, v = (_last_dim_contiguous(t) for t in (q_cat, k_cat, v))
+    packed = cu_seqlens is not None
+    out, lse = _new_out(v, packed), _new_lse(q_cat, packed)
+    pair_bias_attention_forward_triton(q_cat, k_cat, v, bias0.contiguous() if packed else bias0, out, None, lse, 1.0,
+                                       0.0, 0, cu_seqlens, max_seqlen)
+    return out
+
+
+_FORWARD = {"reference": _forward_reference, "cpp": _forward_cpp, "triton": _forward_triton}
 _backend.register(OP, _FORWARD)
 
 

@@ -47,6 +47,8 @@ def _low_rank(backend, qs, ks, vs, bias0, cu=None, max_seqlen=None):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("B,N", [(1, 1), (3, 7), (16, 9), (2, 31), (1, 130)])
 def test_padded_matches_the_chain(backend, B, N):
+    if backend == "triton" and (N > 31 or B > 3):
+        pytest.skip("the Triton interpreter is too slow here; larger shapes run in the gpu tests")
     H, D, L = 4, 8, 4
     qs, ks, vs = ([torch.randn(B, N, H, D).transpose(1, 2) for _ in range(L)] for _ in range(3))
     bias0 = torch.randn(B, H, N, N) * 2
@@ -60,6 +62,8 @@ def test_padded_matches_the_chain(backend, B, N):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_packed_matches_the_chain(backend):
     lens, H, D, L = [5, 1, 31, 8], 4, 8, 3
+    if backend == "triton":
+        lens = [5, 1, 9]
     T = sum(lens)
     cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
     qs, ks, vs = ([torch.randn(T, H, D) for _ in range(L)] for _ in range(3))
@@ -69,7 +73,8 @@ def test_packed_matches_the_chain(backend):
         assert_close_to_reference(out, ref, name=f"{backend} packed layer {l}")
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"])  # the reference computes in bf16
+# the reference computes in bf16 (upstream's numerics); the Triton interpreter does not emulate bf16 dots
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b not in ("reference", "triton")])
 def test_bfloat16_within_tolerance_of_the_fp32_chain(backend):
     B, N, H, D, L = 3, 31, 8, 8, 6
     qs, ks, vs = ([torch.randn(B, N, H, D).transpose(1, 2) for _ in range(L)] for _ in range(3))
@@ -98,3 +103,19 @@ def test_opcheck_and_reference():
                           test_utils=("test_schema", "test_faketensor"))
     ref = torch.softmax(q @ k.transpose(-1, -2) + bias0, -1) @ v
     assert_close_to_reference(low_rank_pair_attention_reference(q, k, v, bias0), ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_matches_the_chain(backend, dtype):
+    if backend not in backends_for(OP, "cuda"):
+        pytest.skip(f"{backend} is not available for {OP} on this machine")
+    B, N, H, D, L = 16, 64, 64, 8, 15
+    qs, ks, vs = ([torch.randn(B, N, H, D, device="cuda").transpose(1, 2) for _ in range(L)] for _ in range(3))
+    bias0 = torch.randn(B, H, N, N, device="cuda")
+    bias0[..., N - 6:] = float("-inf")
+    low = [t.to(dtype) for t in qs], [t.to(dtype) for t in ks], [t.to(dtype) for t in vs]
+    outs = _low_rank(backend, *low, bias0.to(dtype))
+    for l, (out, ref) in enumerate(zip(outs, _chain(*low, bias0.to(dtype)))):
+        assert_close_to_reference(out, ref.float(), name=f"{backend} cuda layer {l}", dtype=dtype)
