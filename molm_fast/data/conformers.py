@@ -8,6 +8,7 @@ Recipe per molecule (spec §3.1, 3D-MoLM ``inference.ipynb::smiles2graph`` and U
   3. on failure: embed from random coordinates (``useRandomCoords``) with ``max_attempts`` attempts, MMFF.
                                                                                              source "random_coords"
   4. last resort (``allow_2d``): ``Compute2DCoords``, flagged in the record's warnings.    source "2d"
+     A molecule out of time (``time_limit_s``) also gets 2D coordinates when ``allow_2d``, flagged; else it fails.
 Same SMILES + same config -> the same coordinates (ETKDG and MMFF are deterministic at a fixed seed and one thread).
 
 ``generate_conformers`` runs that over many items: one record out per item in, in order; records that already
@@ -98,21 +99,39 @@ def embed_molecule(mol, config: ConformerConfig = ConformerConfig()) -> dict[str
         elif config.random_coords and time.monotonic() < deadline and AllChem.EmbedMolecule(
                 mol_h, _params(config, deadline, attempts=config.max_attempts, random_coords=True)) == 0:
             source = "random_coords"
-    if not source and time.monotonic() >= deadline:
-        return _timeout(config)
+    timed_out = not source and time.monotonic() >= deadline
     if source:
         _mmff(mol_h, config, warnings)
     elif config.allow_2d:
-        AllChem.Compute2DCoords(mol_h)
-        source = "2d"
+        return _flat(mol_h, config, timed_out)
+    elif timed_out:
+        return _timeout(config)
     else:
         return {"status": "failed", "reason": "RDKit could not embed the molecule in 3D (ETKDGv3, H-free retry, "
                 f"random coordinates; {config.max_attempts} attempts)", "warnings": warnings}
+    return _result(mol_h, source, warnings)
+
+
+def _result(mol_h, source: str, warnings: list[str]) -> dict[str, Any]:
     atoms = [a.GetSymbol() for a in mol_h.GetAtoms()]
     xyz = mol_h.GetConformer().GetPositions().astype(np.float32)
     if not np.isfinite(xyz).all():
         return {"status": "failed", "reason": "RDKit produced non-finite coordinates", "warnings": warnings}
     return {"status": "ok", "reason": "", "atoms": atoms, "coordinates": xyz, "source": source, "warnings": warnings}
+
+
+def _flat(mol, config: ConformerConfig, timed_out: bool) -> dict[str, Any]:
+    """The last resort: 2D coordinates (z = 0) of the H-added molecule, flagged; a time-out says so."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    mol_h = Chem.AddHs(Chem.RemoveHs(mol))
+    AllChem.Compute2DCoords(mol_h)
+    if not timed_out:
+        return _result(mol_h, "2d", [])
+    result = _result(mol_h, "2d", [f"time limit of {config.time_limit_s:g} s per molecule exceeded before a 3D "
+                                   "embedding"])
+    return {**result, "timeout": config.time_limit_s}
 
 
 def parse_smiles(smiles: str):
@@ -134,7 +153,14 @@ def parse_smiles(smiles: str):
     return mol, ""
 
 
-def _timeout(config: ConformerConfig) -> dict[str, Any]:
+def _timeout(config: ConformerConfig, smiles: str | None = None) -> dict[str, Any]:
+    """Out of time: 2D coordinates when allowed (``smiles`` given: the worker was killed), else a failure."""
+    if config.allow_2d and smiles is not None:
+        from rdkit import Chem
+
+        mol, _ = parse_smiles(smiles)
+        if mol is not None:
+            return {**_flat(mol, config, True), "canonical": Chem.MolToSmiles(mol)}
     return {"status": "failed", "reason": f"time limit of {config.time_limit_s:g} s per molecule exceeded",
             "warnings": [], "timeout": config.time_limit_s}
 
@@ -227,7 +253,7 @@ class _Pool:
                     on_result(task[0], result)
                 elif time.monotonic() >= w["deadline"]:
                     self._replace(i)
-                    on_result(task[0], _timeout(self.config))
+                    on_result(task[0], _timeout(self.config, task[1]))
 
     def close(self) -> None:
         for w in self.workers:
