@@ -139,18 +139,21 @@ def test_killed_subprocess_resumes_to_identical_files(env, tmp_path):
     smiles = [s or "''" for s in smiles]
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(env["root"] / "model"), str(tmp_path / "in.smi"),
-                             str(out), str(env["cache"])], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    deadline = time.monotonic() + 120
+                             str(out), str(env["cache"])], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         index = out / "index.json"
         if index.is_file() and len(json.loads(index.read_text())["shards"]) >= 2:
             break
         time.sleep(0.02)
-    assert proc.poll() is None, "the embedding subprocess ended before it could be killed"
+    if proc.poll() is not None:
+        raise AssertionError(f"the embedding subprocess ended (rc {proc.returncode}) before it could be killed: "
+                             f"{proc.stderr.read()[-2000:]}")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     cut = json.loads((out / "index.json").read_text())
-    assert not cut["complete"] and 2 <= len(cut["shards"]) < len(smiles) // 2
+    assert not cut["complete"] and 2 <= len(cut["shards"]) < len(smiles) // 2, cut["shards"]
     settings = EmbedSettings(shard_size=2, batch_size=3)
     embed_molecules(env["model"], smiles, out, settings=settings, cache=env["cache"], progress=False)
     embed_molecules(env["model"], smiles, tmp_path / "whole", settings=settings, cache=env["cache"], progress=False)
