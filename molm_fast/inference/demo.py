@@ -83,7 +83,7 @@ def run_demo(output: str | Path = "molm-fast-demo", *, quick: bool = False) -> i
     _say(f"[conformers] {n_mol} molecules in {dt:.1f} s ({n_mol / dt:.1f} mol/s; ETKDGv3 + MMFF, cached in {cache}); "
          f"{len(train.dropped) + len(heldout.dropped)} without a conformer")
 
-    epochs1 = 2 if quick else 12
+    epochs1 = 2 if quick else 20
     cfg1 = training_config("tiny", 1, out_dir=str(out / "stage1"), max_epochs=epochs1, progress=not quick,
                            cache_encoder=True, ckpt_every=10_000)
     t = time.perf_counter()
@@ -108,7 +108,7 @@ def run_demo(output: str | Path = "molm-fast-demo", *, quick: bool = False) -> i
 
     props = _property_data(train)
     cfg2 = training_config("tiny", 3, out_dir=str(out / "stage2"), init_from=str(out / "stage1" / "model"),
-                           max_steps=(8 if quick else 80), progress=not quick, ckpt_every=10_000,
+                           max_steps=(8 if quick else 240), progress=not quick, ckpt_every=10_000,
                            text_max_length=640)  # the tiny char-level tokenizer: prompt + target fit whole
     t = time.perf_counter()
     r2 = train_stage2(cfg2, train_data=[train, props], eval_data=heldout)
