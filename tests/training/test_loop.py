@@ -115,21 +115,21 @@ def test_ddp_two_gloo_ranks_train_and_checkpoint(tmp_path):
     assert rows[0]["real_token_fraction"] == 0.75
 
 
-def _fsdp2_rank(rank: int, world: int, out_dir: str, stop: int | None, resume: bool):
-    cfg = TrainConfig(stage=2, model="tiny", batch_size=4, grad_accum=1, max_epochs=1, init_lr=1e-2, warmup_steps=2,
-                      out_dir=out_dir, ckpt_every=2, progress=False, distributed="fsdp2")
-    task = _toy_task(world, rank)
-    task.wrap_classes = (torch.nn.Linear,)
-    out = train(cfg, task, resume=resume, stop_after_steps=stop)
-    return {"steps": out["steps"]}
+def _fsdp2_rank(rank: int, world: int, root: str):
+    def run(out_dir: str, stop: int | None, resume: bool) -> int:
+        cfg = TrainConfig(stage=2, model="tiny", batch_size=4, grad_accum=1, max_epochs=1, init_lr=1e-2,
+                          warmup_steps=2, out_dir=out_dir, ckpt_every=2, progress=False, distributed="fsdp2")
+        task = _toy_task(world, rank)
+        task.wrap_classes = (torch.nn.Linear,)
+        return train(cfg, task, resume=resume, stop_after_steps=stop)["steps"]
+
+    # one process group: the straight run, then a run killed after step 3 (checkpoint at 2), then its resume
+    return [run(f"{root}/a", None, False), run(f"{root}/b", 3, False), run(f"{root}/b", None, True)]
 
 
-@pytest.mark.slow
 def test_fsdp2_two_gloo_ranks_resume_exactly(tmp_path):
-    straight = run_distributed(_fsdp2_rank, 2, str(tmp_path / "a"), None, False)
-    assert straight[0]["steps"] == 5  # 40 / (4 * 2) batches
-    run_distributed(_fsdp2_rank, 2, str(tmp_path / "b"), 3, False)  # killed after step 3, checkpoint at 2
-    run_distributed(_fsdp2_rank, 2, str(tmp_path / "b"), None, True)
+    steps = run_distributed(_fsdp2_rank, 2, str(tmp_path))
+    assert steps[0] == steps[1] == [5, 3, 5]  # 40 / (4 * 2) batches
     assert _losses(tmp_path / "a" / "metrics.jsonl") == _losses(tmp_path / "b" / "metrics.jsonl")
     weights = ckpt.load_file_weights(ckpt.latest_checkpoint(tmp_path / "b"))
     assert weights["net.0.weight"].shape == (16, 6)  # gathered full tensors, not shards
