@@ -96,22 +96,14 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def _reduce_mean(values: dict[str, float]) -> dict[str, float]:
+def _all_reduce(values: dict[str, float], device: torch.device, *, mean: bool) -> dict[str, float]:
+    """Sum (or mean) of each value over the ranks; the tensor lives on ``device`` (NCCL needs CUDA tensors)."""
     world, _ = world_and_rank()
     if world == 1 or not values:
         return values
-    t = torch.tensor(list(values.values()), dtype=torch.float64)
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return {k: v / world for k, v in zip(values, t.tolist())}
-
-
-def _reduce_sum(values: dict[str, int]) -> dict[str, int]:
-    world, _ = world_and_rank()
-    if world == 1 or not values:
-        return values
-    t = torch.tensor(list(values.values()), dtype=torch.float64)
-    dist.all_reduce(t)
-    return {k: int(v) for k, v in zip(values, t.tolist())}
+    return {k: (v / world if mean else int(v)) for k, v in zip(values, t.tolist())}
 
 
 def train(cfg: TrainConfig, task: TrainTask, *, resume: bool = False, device: torch.device | None = None,
@@ -208,7 +200,7 @@ def train(cfg: TrainConfig, task: TrainTask, *, resume: bool = False, device: to
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0
-        terms, stats = _reduce_mean(terms), _reduce_sum(stats)
+        terms, stats = _all_reduce(terms, device, mean=True), _all_reduce(stats, device, mean=False)
         if rank == 0:
             real, slots, mols = stats.get("real_tokens", 0), stats.get("token_slots", 0), stats.get("molecules", 0)
             last = {"step": step + 1, "epoch": epoch, "lr": lr, **terms, "molecules_per_s": mols / dt,
@@ -223,7 +215,7 @@ def train(cfg: TrainConfig, task: TrainTask, *, resume: bool = False, device: to
                 bar.update(1)
         out_of_time = cfg.time_limit_s is not None and time.perf_counter() - t_start > cfg.time_limit_s
         if world > 1:  # every rank must agree to stop
-            flag = torch.tensor([int(out_of_time)])
+            flag = torch.tensor([int(out_of_time)], device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             out_of_time = bool(flag.item())
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == total_steps or out_of_time:

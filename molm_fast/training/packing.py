@@ -93,10 +93,13 @@ def packed_attention_forward(module, query, key, value, attention_mask, scaling=
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     gqa = query.shape[1] != key.shape[1]
-    if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and dropout == 0.0:
+    half = (torch.float16, torch.bfloat16)
+    dtype = query.dtype if query.dtype in half else (
+        torch.get_autocast_dtype("cuda") if query.is_cuda and torch.is_autocast_enabled("cuda") else None)
+    if query.is_cuda and dtype in half and dropout == 0.0:
         from torch.nn.attention.varlen import varlen_attn
 
-        q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, H, D]
+        q, k, v = (x[0].transpose(0, 1).to(dtype) for x in (query, key, value))  # [T, H, D]
         out = varlen_attn(q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q, scale=scaling,
                           window_size=(-1, 0), enable_gqa=gqa)  # [T, H, D]
         return out[None], None

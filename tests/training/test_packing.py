@@ -73,3 +73,24 @@ def test_packing_layout_and_errors():
         pack_sequences([[1, 2]], [[-100]])
     with pytest.raises(ValueError, match="max_length 2"):
         pad_sequences([[1, 2, 3]], [[-100, 2, 3]], pad_id=0, max_length=2)
+
+
+@pytest.mark.gpu
+def test_packed_attention_varlen_on_cuda_matches_padded_fp32():
+    model = _tiny_llama("sdpa").cuda()
+    use_packed_attention(model)
+    lengths = [9, 33, 1, 17]
+    ids, labels = _samples(lengths)
+    packed = {k: v.cuda() if torch.is_tensor(v) else v for k, v in pack_sequences(ids, labels).items()
+              if k != "stats"}
+    padded = pad_sequences(ids, labels, pad_id=0)
+    with torch.no_grad():
+        ref = model(input_ids=padded["input_ids"].cuda(), attention_mask=padded["attention_mask"].cuda(),
+                    use_cache=False).logits
+        with torch.autocast("cuda", dtype=torch.bfloat16):  # bf16 q/k/v: torch's FlashAttention varlen path
+            out = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False,
+                        **packed_attention_kwargs(packed["cu_seqlens"], packed["max_seqlen"])).logits
+    L = padded["input_ids"].shape[1]
+    for b, rows in enumerate(unpack_rows(out.float(), packed["cu_seqlens"])):
+        assert_close_to_reference(rows, ref[b, L - lengths[b]:], name=f"varlen logits of sample {b}",
+                                  dtype=torch.bfloat16)
