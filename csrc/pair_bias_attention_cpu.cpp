@@ -366,6 +366,19 @@ void backward_typed(const Layout& L, uintptr_t go, uintptr_t gl, uintptr_t q, ui
   });
 }
 
+// Calls fn(T{}, S{}) for the storage type T and compute type S of a dtype code.
+template <typename Fn>
+void by_dtype(int dtype, const char* op, Fn fn) {
+  if (dtype == int(DType::Float32))
+    fn(float{}, float{});
+  else if (dtype == int(DType::Float64))
+    fn(double{}, double{});
+  else if (dtype == int(DType::BFloat16))
+    fn(uint16_t{}, float{});
+  else
+    throw std::invalid_argument(concat(op, ": q must be float32, float64 or bfloat16, got ", dtype_name(dtype)));
+}
+
 }  // namespace
 
 void pair_bias_attention_forward_cpu(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t bias, uintptr_t out,
@@ -378,14 +391,9 @@ void pair_bias_attention_forward_cpu(uintptr_t q, uintptr_t k, uintptr_t v, uint
   for (auto [p, name] : {std::pair{q, "q"}, {k, "k"}, {v, "v"}, {bias, "bias"}, {out, "out"}, {lse, "lse"}})
     MOLM_CHECK_PTR(p, op, name);  // logits may be 0: the low-rank path writes none
   MOLM_CHECK(dropout_p >= 0 && dropout_p < 1, op, "dropout_p must be in [0, 1), got ", dropout_p);
-  if (dtype == int(DType::Float32))
-    forward_typed<float, float>(L, q, k, v, bias, out, logits, lse, scale, dropout_p, seed);
-  else if (dtype == int(DType::Float64))
-    forward_typed<double, double>(L, q, k, v, bias, out, logits, lse, scale, dropout_p, seed);
-  else if (dtype == int(DType::BFloat16))
-    forward_typed<uint16_t, float>(L, q, k, v, bias, out, logits, lse, scale, dropout_p, seed);
-  else
-    throw std::invalid_argument(concat(op, ": q must be float32, float64 or bfloat16, got ", dtype_name(dtype)));
+  by_dtype(dtype, op, [&](auto t, auto c) {
+    forward_typed<decltype(t), decltype(c)>(L, q, k, v, bias, out, logits, lse, scale, dropout_p, seed);
+  });
 }
 
 void pair_bias_attention_backward_cpu(uintptr_t grad_out, uintptr_t grad_logits, uintptr_t q, uintptr_t k,
@@ -400,17 +408,10 @@ void pair_bias_attention_backward_cpu(uintptr_t grad_out, uintptr_t grad_logits,
                          {out, "out"}, {lse, "lse"}, {dq, "dq"}, {dk, "dk"}, {dv, "dv"}, {dbias, "dbias"}})
     MOLM_CHECK_PTR(p, op, name);
   MOLM_CHECK(dropout_p >= 0 && dropout_p < 1, op, "dropout_p must be in [0, 1), got ", dropout_p);
-  if (dtype == int(DType::Float32))
-    backward_typed<float, float>(L, grad_out, grad_logits, q, k, v, bias, out, lse, dq, dk, dv, dbias, scale,
-                                 dropout_p, seed);
-  else if (dtype == int(DType::Float64))
-    backward_typed<double, double>(L, grad_out, grad_logits, q, k, v, bias, out, lse, dq, dk, dv, dbias, scale,
-                                   dropout_p, seed);
-  else if (dtype == int(DType::BFloat16))
-    backward_typed<uint16_t, float>(L, grad_out, grad_logits, q, k, v, bias, out, lse, dq, dk, dv, dbias, scale,
-                                    dropout_p, seed);
-  else
-    throw std::invalid_argument(concat(op, ": q must be float32, float64 or bfloat16, got ", dtype_name(dtype)));
+  by_dtype(dtype, op, [&](auto t, auto c) {
+    backward_typed<decltype(t), decltype(c)>(L, grad_out, grad_logits, q, k, v, bias, out, lse, dq, dk, dv, dbias,
+                                             scale, dropout_p, seed);
+  });
 }
 
 }  // namespace molm_fast

@@ -19,15 +19,17 @@ from molm_fast.kernels._common import dropout_keep, next_power_of_2
 
 
 @triton.jit
-def _problem(b, h, H, N, cu_ptr, cu_pairs_ptr, IS_VARLEN: tl.constexpr):
-    """(first token, n, offset of the pair block in the contiguous logits, first LSE element, LSE row stride)."""
+def _problem(b, h, H, N, cu_ptr, cu_pairs_ptr, stride_bb, stride_bh, stride_bi, stride_bj, IS_VARLEN: tl.constexpr):
+    """(first token, n, offset of the pair block in the contiguous logits, first LSE element, LSE row stride,
+    first bias element, bias row stride, bias column stride) of molecule b, head h."""
     if IS_VARLEN:
         t0 = tl.load(cu_ptr + b).to(tl.int64)
         n = tl.load(cu_ptr + b + 1).to(tl.int64) - t0
         pair = H * tl.load(cu_pairs_ptr + b) + h * n * n
-        return t0, n, pair, t0 * H + h, H
+        return t0, n, pair, t0 * H + h, H, pair, n, 1
     else:
-        return b * 0, N + b * 0, (b * H + h) * N * N, (b * H + h) * N, 1
+        return (b * 0, N + b * 0, (b * H + h) * N * N, (b * H + h) * N, 1, b * stride_bb + h * stride_bh,
+                stride_bi, stride_bj)
 
 
 @triton.jit
@@ -71,16 +73,13 @@ def _pair_bias_attention_forward_kernel(
     writes no logits: WRITE_LOGITS False)."""
     bh = tl.program_id(0).to(tl.int64)
     b, h = bh // H, bh % H
-    t0, n, pair, lse_base, lse_stride = _problem(b, h, H, N, cu_ptr, cu_pairs_ptr, IS_VARLEN)
+    t0, n, pair, lse_base, lse_stride, bias_base, stride_i, stride_j = _problem(
+        b, h, H, N, cu_ptr, cu_pairs_ptr, stride_bb, stride_bh, stride_bi, stride_bj, IS_VARLEN)
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     if tl.program_id(1) * BLOCK_M < n:
         cols = tl.arange(0, BLOCK_N)
         dims = tl.arange(0, BLOCK_DV)
         mr, mc = rows < n, cols < n
-        if IS_VARLEN:
-            bias_base, stride_i, stride_j = pair, n, 1
-        else:
-            bias_base, stride_i, stride_j = b * stride_bb + h * stride_bh, stride_bi, stride_bj
         s, _, _ = _logits_block(q_ptr + b * stride_qb + h * stride_qh + t0 * stride_qn,
                                 k_ptr + b * stride_kb + h * stride_kh + t0 * stride_kn, bias_ptr, rows, cols, n,
                                 scale, stride_qn, stride_kn, bias_base, stride_i, stride_j, HEAD_DIM, BLOCK_D)
@@ -116,14 +115,11 @@ def _pair_bias_attention_backward_kernel(
 ):
     bh = tl.program_id(0).to(tl.int64)
     b, h = bh // H, bh % H
-    t0, n, pair, lse_base, lse_stride = _problem(b, h, H, N, cu_ptr, cu_pairs_ptr, IS_VARLEN)
+    t0, n, pair, lse_base, lse_stride, bias_base, stride_i, stride_j = _problem(
+        b, h, H, N, cu_ptr, cu_pairs_ptr, stride_bb, stride_bh, stride_bi, stride_bj, IS_VARLEN)
     cols = tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
     mc, md = cols < n, dims < HEAD_DIM
-    if IS_VARLEN:
-        bias_base, stride_i, stride_j = pair, n, 1
-    else:
-        bias_base, stride_i, stride_j = b * stride_bb + h * stride_bh, stride_bi, stride_bj
     q_base = b * stride_qb + h * stride_qh + t0 * stride_qn
     k_base = b * stride_kb + h * stride_kh + t0 * stride_kn
     v = tl.load(v_ptr + b * stride_vb + h * stride_vh + (t0 + cols[:, None]) * stride_vn + dims[None, :],
