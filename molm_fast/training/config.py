@@ -20,7 +20,7 @@ class TrainConfig:
     llm_path: str | None = None  # local Llama-2-7B folder (paper stages 2/3)
     bert_dir: str | None = None  # local SciBERT folder (paper stage 1: Q-Former init and tokenizer)
     init_from: str | None = None  # previous stage's checkpoint folder (stage 2 <- stage 1, stage 3 <- stage 2)
-    train_data: str = ""  # ChEBI-20 / PubChem-style TSV (CID, SMILES, description), or a MoIT json list (stage 3)
+    train_data: str = ""  # TSV(s) of (CID, SMILES, description); stage 3: comma-separated, one source each
     eval_data: str | None = None
     molecules: str | None = None  # MoleculeStore .npz with the conformers (ids = CIDs, or "split:CID")
     conformer_cache: str | None = None  # SQLite conformer cache when conformers are generated

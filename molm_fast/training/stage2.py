@@ -151,9 +151,10 @@ def train_stage2(cfg: TrainConfig, *, resume: bool = False, train_data: PairData
         if rank == 0:
             molm.save_pretrained(base)
     prepare_llm(molm, cfg)
-    sources = train_data if isinstance(train_data, list) else [
-        train_data or load_pairs(cfg.train_data, molecules=cfg.molecules, conformer_cache=cfg.conformer_cache,
-                                 max_molecules=cfg.max_molecules)]
+    if train_data is None:  # comma-separated TSVs: one source each (stage 3 mixes them by |D|^0.25)
+        train_data = [load_pairs(path, molecules=cfg.molecules, conformer_cache=cfg.conformer_cache,
+                                 max_molecules=cfg.max_molecules) for path in cfg.train_data.split(",")]
+    sources = train_data if isinstance(train_data, list) else [train_data]
     data = sources[0] if len(sources) == 1 else _concat(sources)
     if cfg.stage == 3:
         sampler = MixtureBatchSampler([len(s) for s in sources], cfg.batch_size, seed=cfg.seed, rank=rank,
