@@ -203,6 +203,7 @@ def pair_bias_attention_forward_triton(q, k, v, bias, out, logits, lse, scale, d
         *_token_strides(out, packed), *bias_strides,
         HEAD_DIM=D, BLOCK_D=BLOCK_D, HEAD_DIM_V=Dv, BLOCK_DV=next_power_of_2(Dv), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
         IS_VARLEN=packed, HAS_DROPOUT=dropout_p > 0, WRITE_LOGITS=logits is not None,
+        num_warps=8 if BLOCK_N >= 256 else 4,  # whole rows of 256-512 keys: spread the row block over more threads
     )
 
 
@@ -218,5 +219,5 @@ def pair_bias_attention_backward_triton(grad_out, grad_logits, q, k, v, bias, ou
         *_token_strides(out, packed), *_token_strides(grad_out, packed), *bias_strides,
         *_token_strides(dq, packed), *_token_strides(dk, packed), *_token_strides(dv, packed),
         HEAD_DIM=D, BLOCK_D=BLOCK_D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, IS_VARLEN=packed, HAS_DROPOUT=dropout_p > 0,
-        HAS_GRAD_LOGITS=grad_logits is not None,
+        HAS_GRAD_LOGITS=grad_logits is not None, num_warps=8 if BLOCK_N >= 256 else 4,
     )
