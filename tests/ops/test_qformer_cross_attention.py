@@ -51,6 +51,13 @@ def _reference(q, k, v, kw):
     return qformer_cross_attention_reference(q.to(up), k.to(up), v.to(up), **kw)
 
 
+def _skip_slow_triton(backend, B, N, dtype):
+    if backend == "triton" and (N > 64 or B > 3):
+        pytest.skip("the Triton interpreter is too slow past N=64, B=3; larger shapes run in the gpu tests")
+    if backend == "triton" and dtype == torch.bfloat16 and N not in (9, 31):
+        pytest.skip("bf16 in the Triton interpreter at N = 9 and 31 only (CPU time); every shape in the gpu tests")
+
+
 def test_cpu_backends_are_built():
     assert "cpp" in CPU_BACKENDS, "molm_fast._C is not built: pip install . builds it"
 
@@ -60,8 +67,7 @@ def test_cpu_backends_are_built():
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_forward_matches_reference(backend, B, N, mode, dtype):
-    if backend == "triton" and (N > 64 or B > 3):
-        pytest.skip("the Triton interpreter is too slow past N=64, B=3; larger shapes run in the gpu tests")
+    _skip_slow_triton(backend, B, N, dtype)
     q, k, v, kw = _inputs(B, N, mode, dtype)
     with use_backend(backend):
         out = qformer_cross_attention(q, k, v, **kw)
@@ -74,8 +80,7 @@ def test_forward_matches_reference(backend, B, N, mode, dtype):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_backward_matches_reference(backend, B, N, mode, dtype):
-    if backend == "triton" and (N > 64 or B > 3):
-        pytest.skip("the Triton interpreter is too slow past N=64, B=3; larger shapes run in the gpu tests")
+    _skip_slow_triton(backend, B, N, dtype)
     q, k, v, kw = _inputs(B, N, mode, dtype)
     grad = torch.randn(q.shape).to(dtype).float()  # the same (rounded) upstream gradient for both sides
     ref_in = [t.detach().float().requires_grad_() for t in (q, k, v)]
@@ -88,8 +93,8 @@ def test_backward_matches_reference(backend, B, N, mode, dtype):
         assert_close_to_reference(g, r, name=name, dtype=dtype)
 
 
-@pytest.mark.parametrize("backend", ["reference"] + [b for b in CPU_BACKENDS if b == "cpp"])
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("backend,mode", [("reference", "upstream")] + [(b, m) for b in CPU_BACKENDS if b == "cpp"
+                                                                  for m in MODES])
 def test_gradcheck_float64(backend, mode):
     q, k, v, kw = _inputs(2, 5, mode, torch.float64, H=1, Q=2, D=4)
     inputs = [t.detach().requires_grad_() for t in (q, k, v)]
