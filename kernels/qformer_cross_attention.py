@@ -54,15 +54,12 @@ def _scores(q, k, offs_n, n, mask_ptr, b, stride_mb, uniform, scale, HAS_MASK: t
 
 
 @triton.jit
-def _qformer_cross_attention_forward_kernel(
-    q_ptr, k_ptr, v_ptr, mask_ptr, cu_ptr, o_ptr, lse_ptr, Q, N, D, scale,
-    stride_qb, stride_qh, stride_qq, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_mb,
-    BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IS_VARLEN: tl.constexpr,
-    HAS_MASK: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-):
+def _program_setup(q_ptr, k_ptr, v_ptr, mask_ptr, cu_ptr, Q, N, D, stride_qb, stride_qh, stride_qq, stride_kb,
+                   stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_mb, BLOCK_Q: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr):
+    """This program's molecule b, head h, its keys (start, n, uniform), the q tile and the k/v base pointers."""
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1).to(tl.int64)
-    H = tl.num_programs(1)
     start, n, uniform = _molecule_keys(cu_ptr, mask_ptr, b, N, stride_mb, IS_VARLEN, HAS_MASK, BLOCK_N)
     offs_q, offs_d = tl.arange(0, BLOCK_Q), tl.arange(0, BLOCK_D)
     mq, md = offs_q < Q, offs_d < D
@@ -70,14 +67,35 @@ def _qformer_cross_attention_forward_kernel(
                 mask=mq[:, None] & md[None, :], other=0.0)  # [BLOCK_Q, BLOCK_D]
     k_base = k_ptr + b * stride_kb + h * stride_kh + start * stride_kn
     v_base = v_ptr + b * stride_vb + h * stride_vh + start * stride_vn
+    return b, h, start, n, uniform, offs_q, offs_d, mq, md, q, k_base, v_base
+
+
+@triton.jit
+def _key_block(k_base, v_base, n0, n, offs_d, md, stride_kn, stride_vn, BLOCK_N: tl.constexpr):
+    """Keys n0 .. n0 + BLOCK_N of the molecule: (offsets, [BLOCK_N, BLOCK_D] load mask, k, v)."""
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    kv_mask = (offs_n < n)[:, None] & md[None, :]
+    k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+    return offs_n, kv_mask, k, v
+
+
+@triton.jit
+def _qformer_cross_attention_forward_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, cu_ptr, o_ptr, lse_ptr, Q, N, D, scale,
+    stride_qb, stride_qh, stride_qq, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_mb,
+    BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IS_VARLEN: tl.constexpr,
+    HAS_MASK: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    b, h, start, n, uniform, offs_q, offs_d, mq, md, q, k_base, v_base = _program_setup(
+        q_ptr, k_ptr, v_ptr, mask_ptr, cu_ptr, Q, N, D, stride_qb, stride_qh, stride_qq, stride_kb, stride_kh,
+        stride_kn, stride_vb, stride_vh, stride_vn, stride_mb, BLOCK_Q, BLOCK_N, BLOCK_D, IS_VARLEN, HAS_MASK)
+    H = tl.num_programs(1)
     m_i = tl.full((BLOCK_Q,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_Q,), tl.float32)
     acc = tl.zeros((BLOCK_Q, BLOCK_D), tl.float32)
     for n0 in range(0, n, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        kv_mask = (offs_n < n)[:, None] & md[None, :]
-        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+        offs_n, kv_mask, k, v = _key_block(k_base, v_base, n0, n, offs_d, md, stride_kn, stride_vn, BLOCK_N)
         s = _scores(q, k, offs_n, n, mask_ptr, b, stride_mb, uniform, scale, HAS_MASK, INPUT_PRECISION)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -103,28 +121,19 @@ def _qformer_cross_attention_backward_kernel(
     BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IS_VARLEN: tl.constexpr,
     HAS_MASK: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    h = tl.program_id(1).to(tl.int64)
+    b, h, start, n, uniform, offs_q, offs_d, mq, md, q, k_base, v_base = _program_setup(
+        q_ptr, k_ptr, v_ptr, mask_ptr, cu_ptr, Q, N, D, stride_qb, stride_qh, stride_qq, stride_kb, stride_kh,
+        stride_kn, stride_vb, stride_vh, stride_vn, stride_mb, BLOCK_Q, BLOCK_N, BLOCK_D, IS_VARLEN, HAS_MASK)
     H = tl.num_programs(1)
-    start, n, uniform = _molecule_keys(cu_ptr, mask_ptr, b, N, stride_mb, IS_VARLEN, HAS_MASK, BLOCK_N)
-    offs_q, offs_d = tl.arange(0, BLOCK_Q), tl.arange(0, BLOCK_D)
-    mq, md = offs_q < Q, offs_d < D
     qd_mask = mq[:, None] & md[None, :]
-    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_q[:, None] * stride_qq + offs_d[None, :],
-                mask=qd_mask, other=0.0)  # [BLOCK_Q, BLOCK_D]
     row = (b * H + h) * Q + offs_q  # do, dq [B, H, Q, D] and lse [B, H, Q] are contiguous
     do = tl.load(do_ptr + row[:, None] * D + offs_d[None, :], mask=qd_mask, other=0.0)
     lse = tl.load(lse_ptr + row, mask=mq, other=0.0)
     lse = tl.where(lse == float("-inf"), 0.0, lse)
-    k_base = k_ptr + b * stride_kb + h * stride_kh + start * stride_kn
-    v_base = v_ptr + b * stride_vb + h * stride_vh + start * stride_vn
     # Pass 1: delta = sum_j p_j dp_j, as autograd's softmax backward (exact zeros for one key / uniform rows).
     delta = tl.zeros((BLOCK_Q,), tl.float32)
     for n0 in range(0, n, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        kv_mask = (offs_n < n)[:, None] & md[None, :]
-        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+        offs_n, kv_mask, k, v = _key_block(k_base, v_base, n0, n, offs_d, md, stride_kn, stride_vn, BLOCK_N)
         s = _scores(q, k, offs_n, n, mask_ptr, b, stride_mb, uniform, scale, HAS_MASK, INPUT_PRECISION)
         p = tl.where(mq[:, None], tl.exp(s - lse[:, None]), 0.0)  # [BLOCK_Q, BLOCK_N] fp32
         delta += tl.sum(p * _mm(do, tl.trans(v), INPUT_PRECISION), 1)
@@ -133,10 +142,7 @@ def _qformer_cross_attention_backward_kernel(
     dk_base = dk_ptr + b * stride_dkb + h * stride_dkh + start * stride_dkn
     dv_base = dv_ptr + b * stride_dkb + h * stride_dkh + start * stride_dkn
     for n0 in range(0, n, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        kv_mask = (offs_n < n)[:, None] & md[None, :]
-        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+        offs_n, kv_mask, k, v = _key_block(k_base, v_base, n0, n, offs_d, md, stride_kn, stride_vn, BLOCK_N)
         s = _scores(q, k, offs_n, n, mask_ptr, b, stride_mb, uniform, scale, HAS_MASK, INPUT_PRECISION)
         p = tl.where(mq[:, None], tl.exp(s - lse[:, None]), 0.0)  # [BLOCK_Q, BLOCK_N] fp32
         dv = _mm(tl.trans(p), do, INPUT_PRECISION)  # [BLOCK_N, BLOCK_D]
