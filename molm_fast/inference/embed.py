@@ -169,7 +169,8 @@ def _text_shard(model, tokenizer, items: list, start: int, settings: EmbedSettin
     status = [_status(start + j, str(start + j), isinstance(t, str), f"text must be a str, got {type(t).__name__}", [])
               for j, t in enumerate(items)]
     if good:
-        lengths = np.array([len(tokenizer(items[j], truncation=True, max_length=settings.max_length)["input_ids"])
+        max_length = _max_text_length(model, settings)
+        lengths = np.array([len(tokenizer(items[j], truncation=True, max_length=max_length)["input_ids"])
                             for j in good])
         order = np.argsort(lengths, kind="stable")
         for b0 in range(0, len(order), settings.batch_size):
@@ -178,10 +179,16 @@ def _text_shard(model, tokenizer, items: list, start: int, settings: EmbedSettin
     return out, status
 
 
+def _max_text_length(model, settings: EmbedSettings) -> int:
+    """settings.max_length, capped by the model's position embeddings (the tiny config has 128)."""
+    return min(settings.max_length, model.config.qformer.max_position_embeddings)
+
+
 @torch.no_grad()
 def _embed_text_batch(model, tokenizer, texts: list[str], settings: EmbedSettings) -> np.ndarray:
     dev = next(model.parameters()).device
-    enc = tokenizer(texts, padding="longest", truncation=True, max_length=settings.max_length, return_tensors="pt")
+    enc = tokenizer(texts, padding="longest", truncation=True, max_length=_max_text_length(model, settings),
+                    return_tensors="pt")
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         feats = model.qformer.text_embeddings(enc["input_ids"].to(dev), enc["attention_mask"].to(dev))  # [b, E]
     return feats.float().cpu().numpy()
