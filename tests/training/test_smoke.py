@@ -44,13 +44,15 @@ def chebi():
 def stage1_run(chebi, tmp_path_factory):
     from molm_fast.training.stage1 import Stage1Step, evaluate_retrieval, train_stage1
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 2 threads on 2 shared, loaded cores thrash (measured 30x slower matmuls)
     out = tmp_path_factory.mktemp("stage1")
     cfg = training_config("tiny", 1, out_dir=str(out), progress=False, ckpt_every=1000)
     result = train_stage1(cfg, train_data=chebi[0], eval_data=chebi[1])
     step = Stage1Step(result["model"], pad_token_id=result["tokenizer"].pad_token_id)
     result["train_retrieval"] = evaluate_retrieval(step, chebi[0], result["tokenizer"], cfg)
-    return result
+    yield result
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.slow
