@@ -14,6 +14,7 @@ OP = "pair_bias_attention"
 CPU_BACKENDS = backends_for(OP, "cpu")  # the reference backend too: its analytic backward is code under test
 NS = [1, 2, 3, 7, 8, 9, 31, 64, 130, 258]
 TRITON_NS = {1, 2, 7, 9, 31}  # the interpreter is slow; larger N run in the gpu tests
+REFERENCE_NS = {1, 8, 9, 130}
 SCALE = 8**-0.5
 
 
@@ -77,6 +78,8 @@ def _grid():
 def test_padded_matches_reference(backend, B, N):
     if backend == "triton" and (N not in TRITON_NS or B == 16):
         pytest.skip("the Triton interpreter is too slow here; larger shapes run in the gpu tests")
+    if backend == "reference" and (N not in REFERENCE_NS or B == 16):
+        pytest.skip("the reference backend's analytic backward is shape-agnostic torch code: a subset suffices")
     _check_against_reference(backend, *_padded_inputs(B, N, masked_row=True))
 
 
@@ -141,10 +144,11 @@ def test_gradcheck_float64(backend):
 
 
 def test_philox_is_uniform_and_masks_are_reproducible():
-    u = philox_uniform(int(torch.randint(0, 2**62, ()).item()), torch.arange(200_000))
+    draws = 50_000
+    u = philox_uniform(int(torch.randint(0, 2**62, ()).item()), torch.arange(draws))
     assert 0.0 <= float(u.min()) and float(u.max()) < 1.0
-    assert abs(float((u >= 0.3).float().mean()) - 0.7) < 5 * (0.21 / 200_000) ** 0.5
-    assert abs(float(u.mean()) - 0.5) < 5 * (1 / 12 / 200_000) ** 0.5
+    assert abs(float((u >= 0.3).float().mean()) - 0.7) < 5 * (0.21 / draws) ** 0.5
+    assert abs(float(u.mean()) - 0.5) < 5 * (1 / 12 / draws) ** 0.5
     q, k, v, bias = _padded_inputs(2, 9)
     torch.manual_seed(7)
     a, _ = pair_bias_attention(q, k, v, bias, scale=SCALE, dropout_p=0.5)
