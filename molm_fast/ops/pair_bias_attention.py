@@ -86,19 +86,23 @@ def _forward_reference(q, k, v, bias, scale, dropout_p, seed, cu_seqlens, max_se
     out, logits = pair_bias_attention_reference(q, k, v, bias, scale=scale, dropout_p=dropout_p, keep=keep,
                                                 cu_seqlens=cu_seqlens)
     if cu_seqlens is None:
-        lse = _lse(q, k, bias, scale)  # [B, H, N]
+        lse = _lse(q, k, bias, scale, logits)  # [B, H, N]
     else:
         H = q.shape[1]
         lse = torch.cat([_lse(q[t:t + n].transpose(0, 1), k[t:t + n].transpose(0, 1),
-                              bias[pair:pair + H * n * n].view(H, n, n), scale).t()
+                              bias[pair:pair + H * n * n].view(H, n, n), scale,
+                              logits[pair:pair + H * n * n].view(H, n, n)).t()
                          for t, n, pair in packed_blocks(cu_seqlens, H)])  # [T, H]
     packed = cu_seqlens is not None
     return _new_out(q, packed).copy_(out), logits.contiguous(), _new_lse(q, packed).copy_(lse)
 
 
-def _lse(q, k, bias, scale):
-    """Row log-sum-exp of the unrounded logits (what the kernels save; -inf on rows with no key)."""
-    return torch.logsumexp((q.double() * scale) @ k.double().transpose(-1, -2) + bias.double(), dim=-1)
+def _lse(q, k, bias, scale, logits):
+    """Row log-sum-exp of the unrounded logits, which the kernels save (-inf on rows with no key). The reference's
+    own logits are unrounded in fp32/fp64; for bf16 they are recomputed in fp32 so the backward's p matches."""
+    if q.dtype in (torch.float32, torch.float64):
+        return torch.logsumexp(logits, dim=-1)
+    return torch.logsumexp((q.float() * scale) @ k.float().transpose(-1, -2) + bias.float(), dim=-1)
 
 
 def _backward_reference(grad_out, grad_logits, q, k, v, bias, out, lse, scale, dropout_p, seed, cu_seqlens,
