@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,7 +128,7 @@ def _generate_batch(model, store, idx, records_of, instructions, tasks, settings
     return [t.strip() for t in model.llm.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
 
-def _run_generation(model, records: Sequence, instructions: Sequence[str | None], tasks: Sequence[str | None],
+def _run_generation(model, records: Sequence, instructions: Mapping[int, str | None], tasks: Mapping[int, str | None],
                     settings_of: Callable[[str | None], GenerationSettings], *, batch_size: int, fast: bool,
                     progress: bool, on_result: Callable[[ItemResult], None] | None) -> list[ItemResult]:
     from tqdm import tqdm
@@ -184,9 +184,9 @@ def caption(model, mols, *, batch_size: int = 16, settings: GenerationSettings |
     records = load_molecules(mols, cache=cache, workers=workers, progress=progress)
     s = settings or TASK_SETTINGS["caption"]
     s = greedy_settings(s) if greedy else s
-    n = max((r.index for r in records), default=-1) + 1
-    return _run_generation(model, records, [None] * n, [None] * n, lambda _t: s, batch_size=batch_size,
-                           fast=fast, progress=progress, on_result=on_result)
+    none = {r.index: None for r in records}
+    return _run_generation(model, records, none, none, lambda _t: s, batch_size=batch_size, fast=fast,
+                           progress=progress, on_result=on_result)
 
 
 def task_settings(task: str | None) -> GenerationSettings:
@@ -222,7 +222,8 @@ def answer(model, mols, questions: Sequence[str] | str, *, tasks: Sequence[str |
         s = task_settings(task)
         return greedy_settings(s) if greedy else s
 
-    return _run_generation(model, records, qs, ts, settings_of, batch_size=batch_size, fast=fast,
+    return _run_generation(model, records, {r.index: q for r, q in zip(records, qs)},
+                           {r.index: t for r, t in zip(records, ts)}, settings_of, batch_size=batch_size, fast=fast,
                            progress=progress, on_result=on_result)
 
 

@@ -110,7 +110,7 @@ def test_qa_with_question_column_and_property_task(model_dir, tmp_path):
                    "m3,[Xx],What is the LogP?\n")
     out = tmp_path / "qa.jsonl"
     code = cli.main(["qa", "--input", str(inp), "--output", str(out), "--model", str(model_dir), "--task", "LogP",
-                     "--greedy", "--quiet"])
+                     "--greedy", "--quiet", "--chunk-size", "1"])  # later chunks keep their items' questions
     assert code == 0
     recs = _read(out)
     assert [r["id"] for r in recs] == ["m1", "m2", "m3"]
