@@ -12,7 +12,8 @@ and produces byte-identical files (every shard's batches depend only on its own 
 Mask semantics: with the upstream-inverted mask (default, spec §1.3) a molecule's features depend on its batch
 mates (regimes a/b/c). The engine pads every batch so each molecule has >= 1 pad position (``ensure_pad``; the
 spec's §8.6 advice): then every molecule is in regime (a), the pad rows are identical whatever the pad count, and
-the features no longer depend on batching. ``ensure_pad=False`` keeps the plain multiple-of-8 padding.
+the features no longer depend on batching. ``ensure_pad=False`` keeps the plain multiple-of-8 padding. A model
+with ``corrected_mask`` runs packed end to end (varlen encoder and cross-attention, no pad token computed).
 Texts are batched by token length and tokenized to the longest text of each batch (dynamic padding).
 """
 
@@ -127,7 +128,7 @@ def _molecule_shard(model, items: list, start: int, settings: EmbedSettings, cac
     out = np.full((len(items), *model_shape(model)), np.nan, np.float32)
     if len(store):
         lengths = store.token_lengths()
-        if settings.ensure_pad:
+        if settings.ensure_pad and not model.config.qformer.corrected_mask:
             lengths = lengths + 1
         batches = _bucket(lengths, settings)
         for idx in batches:
@@ -153,6 +154,14 @@ def _bucket(lengths: np.ndarray, settings: EmbedSettings) -> list[np.ndarray]:
 @torch.no_grad()
 def _embed_molecule_batch(model, store, idx: np.ndarray, settings: EmbedSettings) -> np.ndarray:
     dev = next(model.parameters()).device
+    if model.config.qformer.corrected_mask:  # varlen end to end: no pad token in the encoder or the Q-Former
+        batch = store.batch(idx, layout="packed", seed=settings.seed)
+        cu = batch.cu_seqlens.to(dev)  # [b + 1] int32
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            states = model.graph_encoder.forward_packed(batch.tokens.to(dev), batch.coords.to(dev), cu,
+                                                        batch.max_seqlen)  # [T, C]
+            z = model.qformer(states, None, cu_seqlens=cu, max_seqlen=batch.max_seqlen)  # [b, Q, C]
+            return model.graph_features(z).float().cpu().numpy()
     batch = store.batch(idx, layout="padded", seed=settings.seed)
     tokens, coords = batch.tokens.to(dev), batch.coords.to(dev)  # [b, N], [b, N, 3]
     if settings.ensure_pad and bool((tokens[:, -1] != 0).any()):  # a molecule fills N: add one pad block of 8

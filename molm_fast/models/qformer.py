@@ -39,11 +39,15 @@ class BertSelfAttention(nn.Module):
 
     def forward(self, x, mask=None, past: tuple | None = None, keys=None, key_mask=None):
         """Self-attention (``keys`` None; additive ``mask`` [B, 1, Lq|1, Lk]) or cross-attention to ``keys`` = this
-        layer's projected (k, v) [B, H, N, D] (``QFormer.cross_kv`` computes every layer's in one GEMM)."""
+        layer's projected (k, v) [B, H, N, D] (``QFormer.cross_kv`` computes every layer's in one GEMM), or
+        (k, v, cu_seqlens, max_seqlen) with packed k, v [T, H, D]."""
         q = self.heads(self.query(x))  # [B, H, L, D]
         p = self.dropout_p if self.training else 0.0
         if keys is not None:  # cross-attention: the op adds (1 - key_mask) * finfo.min, as LAVIS
-            out = ops.qformer_cross_attention(q, *keys, key_mask=key_mask, dropout_p=p)
+            k, v, *packed = keys
+            out = ops.qformer_cross_attention(q, k, v, key_mask=key_mask, dropout_p=p,
+                                              cu_seqlens=packed[0] if packed else None,
+                                              max_seqlen=packed[1] if packed else None)
             return out.transpose(1, 2).flatten(-2), None
         k, v = self.heads(self.key(x)), self.heads(self.value(x))
         if past is not None:
@@ -241,22 +245,33 @@ class QFormer(nn.Module):
         bias = torch.cat([b for a in attn for b in (a.key.bias, a.value.bias)])
         return ops.qformer_cross_kv(keys, weight, bias, len(attn), self.config.num_heads)
 
-    def _run(self, x, mask, query_length, keys=None, key_mask=None, past: Cache | None = None):
+    def _run(self, x, mask, query_length, keys=None, key_mask=None, past: Cache | None = None, packed=()):
         cache: Cache = []
         cross = iter(self.cross_kv(keys)) if keys is not None and query_length > 0 else None
         for i, layer in enumerate(self.Qformer.bert.encoder.layer):
-            kv_i = next(cross) if cross is not None and layer.has_cross_attention else None
+            kv_i = (*next(cross), *packed) if cross is not None and layer.has_cross_attention else None
             x, kv = layer(x, mask, query_length, kv_i, key_mask, None if past is None else past[i])
             cache.append(kv)
         return x, cache
 
-    def forward(self, atom_states: torch.Tensor, padding_mask: torch.Tensor | None, *, return_cache: bool = False):
+    def forward(self, atom_states: torch.Tensor, padding_mask: torch.Tensor | None, *, return_cache: bool = False,
+                cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None):
         """Query-only pass. atom_states [B, N, encoder_width] (Uni-Mol output), padding_mask [B, N] True = pad or
-        None -> query states [B, Q, C] (+ the per-layer query K/V cache for ``caption_loss``)."""
-        keys = self.ln_graph(atom_states)  # [B, N, 512]
-        queries = self.query_tokens.expand(atom_states.shape[0], -1, -1)  # [B, Q, C]
+        None -> query states [B, Q, C] (+ the per-layer query K/V cache for ``caption_loss``).
+        Packed: atom_states [T, encoder_width] (``UniMolEncoder.forward_packed``) with cu_seqlens [B + 1] int32
+        and padding_mask None; varlen cross-attention over the real tokens, so it needs ``corrected_mask`` (the
+        upstream-inverted mask reads pad positions, which a packed batch does not have)."""
+        packed = ()
+        if cu_seqlens is not None:
+            if not self.config.corrected_mask or padding_mask is not None:
+                raise ValueError("QFormer: packed atom states need corrected_mask=True and padding_mask=None: the "
+                                 "upstream-inverted mask reads pad positions, and a packed batch has none")
+            packed = (cu_seqlens, max_seqlen)
+        keys = self.ln_graph(atom_states)  # [B, N, 512] or [T, 512]
+        B = atom_states.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
+        queries = self.query_tokens.expand(B, -1, -1)  # [B, Q, C]
         x = self.Qformer.bert.embeddings(query_embeds=queries)
-        z, cache = self._run(x, None, queries.shape[1], keys, self.key_mask(padding_mask))
+        z, cache = self._run(x, None, queries.shape[1], keys, self.key_mask(padding_mask), packed=packed)
         return (z, cache) if return_cache else z
 
     @staticmethod

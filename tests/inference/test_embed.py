@@ -90,6 +90,32 @@ def test_features_match_the_reference_batch_and_ignore_batching(env, tmp_path):
     assert compared >= 3
 
 
+def test_corrected_mask_runs_packed_and_matches_the_padded_reference(env, tmp_path):
+    """corrected_mask: the engine's packed path (varlen encoder + varlen cross-attention) == the reference model on
+    a padded batch with the corrected mask."""
+    import dataclasses
+
+    from molm_fast.data import collate_reference, featurize_reference, generate_conformers
+    from molm_fast.ops import use_backend
+
+    cfg = tiny().stage1()
+    cfg.qformer = dataclasses.replace(cfg.qformer, corrected_mask=True)
+    model = MoLM(cfg).eval()
+    model.load_state_dict(env["model"].state_dict())
+    embed_molecules(model, SMILES, tmp_path, settings=EmbedSettings(batch_size=3), cache=env["cache"], progress=False)
+    feats, status = load_embeddings(tmp_path)
+    ok = [i for i in range(len(SMILES)) if i not in BAD]
+    assert [s["status"] == "ok" for s in status] == [i in ok for i in range(len(SMILES))]
+    records = generate_conformers([SMILES[i] for i in ok], cache=env["cache"], workers=0, progress=False)
+    batch = collate_reference([featurize_reference(r.atoms, r.coordinates) for r in records], pad_to_multiple=8)
+    with use_backend("reference"), torch.no_grad():
+        ref = model.graph_features(model.query_states(batch.tokens, batch.coords))  # [len(ok), Q, E]
+    assert_close_to_reference(torch.from_numpy(feats[ok]), ref, name="packed engine vs padded reference")
+    with pytest.raises(ValueError, match="packed atom states need corrected_mask"):
+        env["model"].qformer(torch.zeros(5, 64), None, cu_seqlens=torch.tensor([0, 5], dtype=torch.int32),
+                             max_seqlen=5)
+
+
 def test_texts_dynamic_padding_equals_fixed_256(env, tmp_path):
     model, tok = env["model"], env["tok"]
     embed_texts(model, tok, TEXTS + [7], tmp_path, settings=EmbedSettings(kind="text", batch_size=2),
