@@ -193,9 +193,11 @@ def cmd_retrieve(args) -> int:
     model = _load_model(args)
     _check_stage1(model)
     tokenizer = _tokenizer(args)
+    text_features = api.embed_texts(model, tokenizer, texts)  # once, for every chunk
 
     def work(chunk):
-        return api.retrieve(model, chunk, texts, tokenizer, k=args.top_k, cache=args.cache, workers=args.workers)
+        return api.retrieve(model, chunk, texts, tokenizer, k=args.top_k, cache=args.cache, workers=args.workers,
+                            text_features=text_features)
 
     return _run_jsonl(args, records, work)
 

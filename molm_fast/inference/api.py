@@ -256,15 +256,19 @@ def embed_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 256
 
 
 def retrieve(model, mols, texts: Sequence[str], tokenizer, *, k: int = 5, cache: str | os.PathLike | None = None,
-             workers: int | None = 0, progress: bool = False) -> list[ItemResult]:
+             workers: int | None = 0, progress: bool = False, text_features: np.ndarray | None = None
+             ) -> list[ItemResult]:
     """For each molecule the ``k`` best texts by the reference score (max over queries of the cosine): ``answer`` is
-    the best text, ``top`` lists {"text_index", "score"} best first."""
+    the best text, ``top`` lists {"text_index", "score"} best first. ``text_features``: ``embed_texts`` output of
+    ``texts`` computed once for many calls."""
     from molm_fast.inference.retrieve import topk
 
-    mol, results = embed(model, mols, cache=cache, workers=workers, progress=progress)
     if len(texts) == 0:
         raise ValueError("retrieve: texts must not be empty")
-    text = torch.from_numpy(embed_texts(model, tokenizer, texts, progress=progress))
+    mol, results = embed(model, mols, cache=cache, workers=workers, progress=progress)
+    if text_features is None:
+        text_features = embed_texts(model, tokenizer, texts, progress=progress)
+    text = torch.from_numpy(text_features)
     ok = [i for i, r in enumerate(results) if r.status == OK]
     scores, idx = topk(torch.from_numpy(mol[ok]), text, k)
     for row, i in enumerate(ok):
