@@ -6,7 +6,9 @@ random geometry: speed does not depend on it), featurisation included. Providers
   padded to the batch maximum, performance.md §9.3 (a));
 - ``molm_fast:reference_batches``: molm_fast's kernels on the same reference batches (kernel wins only);
 - ``molm_fast``: the embedding engine's path (``inference.embed``: length buckets of <= 16,384 padded tokens,
-  >= 1 pad per molecule, molm_fast kernels, fused cross-attention K/V GEMM).
+  >= 1 pad per molecule, molm_fast kernels, fused cross-attention K/V GEMM);
+- ``molm_fast:packed[corrected_mask]``: the engine on the same weights with ``corrected_mask`` (other semantics:
+  queries read the real tokens), which runs varlen end to end: no pad token in the encoder or the Q-Former.
 GPU: the paper-sized stage-1 model (Uni-Mol 15 layers + 12-layer Q-Former), bf16 autocast, M = 2,048; goal
 >= 30,000 molecules/s on an H100. CPU: the ``tiny`` config (the paper model runs at a few molecules/s on 2 cores).
 """
@@ -49,6 +51,17 @@ def _reference_batches(M: int, seed: int = 0) -> list[np.ndarray]:
     return [order[i:i + 64] for i in range(0, M, 64)]
 
 
+def _corrected(model):
+    import dataclasses
+
+    from molm_fast import MoLM
+
+    cfg = dataclasses.replace(model.config, qformer=dataclasses.replace(model.config.qformer, corrected_mask=True))
+    twin = MoLM(cfg).to(next(model.parameters()).device).eval()
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
 def _providers(model, store, device: torch.device) -> dict:
     from molm_fast.inference.embed import EmbedSettings, _bucket, _embed_molecule_batch
     from molm_fast.ops import use_backend
@@ -59,16 +72,19 @@ def _providers(model, store, device: torch.device) -> dict:
     lengths = store.token_lengths() + 1  # the engine buckets with its extra pad position
     buckets = _bucket(lengths, engine)
 
-    def run(batches, settings, backend):
+    corrected = _corrected(model)
+
+    def run(batches, settings, backend, net=model):
         def call():
             with use_backend(backend):
                 for idx in batches:
-                    _embed_molecule_batch(model, store, idx, settings)
+                    _embed_molecule_batch(net, store, idx, settings)
         return call
 
     return {"reference": run(ref_batches, plain, "reference"),
             "molm_fast:reference_batches": run(ref_batches, plain, None),
-            "molm_fast": run(buckets, engine, None)}
+            "molm_fast": run(buckets, engine, None),
+            "molm_fast:packed[corrected_mask]": run(_bucket(store.token_lengths(), engine), engine, None, corrected)}
 
 
 def run(r: h.Run) -> None:
