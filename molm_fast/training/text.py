@@ -2,9 +2,9 @@
 ``molm_fast.models.llm``'s ``build_prompt`` / ``encode_training_batch``).
 
 Paper: SciBERT's BertTokenizer + ``[DEC]`` (spec §1.3), loaded from a local folder. ``tiny`` (tests, the CPU demo;
-no download possible) trains a lower-cased WordPiece of the same shape on the training texts with the
-``tokenizers`` library: [PAD]=0, [UNK], [CLS], [SEP], [MASK], then the vocabulary, then [DEC]. It is saved beside
-the checkpoints (``qformer_tokenizer/``).
+no download possible) builds a lower-cased WordPiece of the same shape from the training texts: [PAD]=0, [UNK],
+[CLS], [SEP], [MASK], characters, frequent words, then [DEC]. It is saved beside the checkpoints
+(``qformer_tokenizer/``).
 """
 
 from __future__ import annotations
@@ -16,20 +16,28 @@ import torch
 
 
 def build_wordpiece_tokenizer(texts: Sequence[str], vocab_size: int = 2000):
-    """A BertTokenizerFast trained on ``texts`` with [PAD]=0 and ``[DEC]`` as its bos_token (stage-1 tiny)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A BertTokenizerFast built from ``texts`` with [PAD]=0 and ``[DEC]`` as its bos_token (stage-1 tiny).
+
+    Deterministic (the ``tokenizers`` WordPiece trainer is not: its ties depend on hash order): the vocabulary is
+    the specials, every character seen (alone and as a ``##`` continuation), then the most frequent whole words
+    (ties by spelling) up to ``vocab_size``; other words split into characters.
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                                             show_progress=False))
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    normalizer, splitter = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words = Counter(w for t in texts for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(t)))
+    chars = sorted({c for w in words for c in w})
+    vocab = specials + chars + [f"##{c}" for c in chars]
+    ranked = sorted((w for w in words if len(w) > 1), key=lambda w: (-words[w], w))
+    vocab += ranked[:max(vocab_size - len(vocab), 0)]
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, splitter, decoders.WordPiece()
     tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
                              cls_token="[CLS]", mask_token="[MASK]")
     fast.add_special_tokens({"bos_token": "[DEC]"})
