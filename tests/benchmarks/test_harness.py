@@ -126,7 +126,7 @@ def test_report_builds_summary_table_and_plots(tmp_path):
     assert readme.read_text() == f"# x\n{report.BEGIN}\n{table}{report.END}\ntail\n"
     assert "| cpu | toy | forward | B=4 N=5 (pubchem324k) float32 |" in table and path.name in table
     assert "molm_fast:toy" in (tmp_path / "SUMMARY.md").read_text()
-    assert (tmp_path / "plots" / "cpu_toy_speedup.png").stat().st_size > 0
+    assert (tmp_path / "plots" / "cpu_cpu_toy_speedup.png").stat().st_size > 0
 
 
 def test_sdpa_composite_matches_the_pair_bias_attention_math():
