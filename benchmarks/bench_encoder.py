@@ -8,8 +8,8 @@ from the PubChem324k mix (seeded) in batches of B, padded to each batch's larges
 - ``reference``: molm_fast's encoder under ``use_backend("reference")``, padded, fp32 (the ratio's denominator);
 - ``molm_fast:<backend>[padded|packed|packed,low-rank]`` in fp32 and, with the whole model cast, bf16 (on CPUs
   with AMX/AVX512-bf16 PyTorch's GEMMs use them).
-CPU: M = 64 in batches of 16 (the issue's setting), each provider timed ONCE over all of them after one warm-up
-(``Run.once``: seconds per call on 2 cores); torch.compile anchors are left to the GPU suite (minutes to compile here).
+CPU: M = 16 in one batch of 16 (the issue's setting), every provider timed interleaved (``Run.compare``: >= 20
+rounds, ~1-5 s a call on 2 cores); torch.compile anchors are left to the GPU suite (minutes to compile here).
 GPU: M = 1,024, B = 64, bf16 for molm_fast and autocast for the anchors, plus ``reference_compiled``.
 """
 
@@ -99,21 +99,15 @@ def _providers(r: h.Run, batches: list[dict]) -> dict:
 
 
 def run(r: h.Run) -> None:
-    M, B = (16, 16) if r.quick else ((1024, 64) if r.is_cuda else (64, 16))
+    M, B = (16, 16) if (r.quick or not r.is_cuda) else (1024, 64)
     batches = _batches(M, B, r.device)
     ns = [n for b in batches for n in b["ns"]]
-    padded_flops = float(sum(flops([b["max"]] * len(b["ns"])) for b in batches))
     case = h.Case(OP, {"M": M, "B": B, "layers": 15, "C": 512, "H": 64}, "float32/bfloat16", "pubchem324k",
                   units=h.units(ns), flops=flops(ns), bytes=None, headline=True)
-    with torch.inference_mode():
-        for name, fn in _providers(r, batches).items():
-            try:
-                fn()  # warm-up (one pass over the batches; compiles where compiled)
-            except Exception as exc:  # recorded, never dropped
-                r.skip(case, name, f"{type(exc).__name__}: {exc}")
-                continue
-            note = f"one timed pass over {M} molecules in batches of {B}; padded FLOPs {padded_flops:.3g}"
-            r.once(case, name, fn, notes=note)
+    padded_flops = float(sum(flops([b["max"]] * len(b["ns"])) for b in batches))
+    with torch.inference_mode():  # every provider once per round, interleaved (the load hits all alike)
+        r.compare(case, _providers(r, batches), [()], notes=f"{M} molecules in batches of {B} per call; "
+                                                             f"FLOPs at the padded shapes {padded_flops:.3g}")
 
 
 if __name__ == "__main__":
