@@ -103,8 +103,11 @@ def test_dropout_matches_reference_with_the_same_philox_mask(backend, packed):
         _check_against_reference(backend, *_padded_inputs(3, 9, masked_row=True), dropout_p=0.3, seed=seed)
 
 
-@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "triton"])
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b not in ("triton", "reference")])
 def test_bfloat16_within_tolerance(backend):
+    """Fused backends in bf16 against the float64 reference. The `reference` backend is not a subject here: in bf16
+    it is upstream's own bf16 math (p rounded to bf16 before p @ v), whose error against float64 reaches ~1-3% of
+    max|ref| on some seeds; it is the yardstick the bf16 bar is taken from, and its backward is checked in fp32/fp64."""
     q, k, v, bias = _padded_inputs(3, 31, dtype=torch.bfloat16)
     _check_against_reference(backend, q, k, v, bias, dtype=torch.bfloat16)
 
