@@ -82,6 +82,7 @@ def _unimol_tools_modules() -> dict[str, Any]:
     models = Path(next(iter(spec.submodule_search_locations))) / "models"
     tf_spec = importlib.util.spec_from_file_location("_unimol_tools_transformers", models / "transformers.py")
     tf = importlib.util.module_from_spec(tf_spec)
+    sys.modules[tf.__name__] = tf  # named and importable: torch.compile (dynamo) resolves functions by module
     tf_spec.loader.exec_module(tf)
     wanted = {"gaussian", "get_activation_fn", "NonLinearHead", "GaussianLayer"}
     tree = ast.parse((models / "unimol.py").read_text())

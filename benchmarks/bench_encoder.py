@@ -3,13 +3,14 @@
 The paper-sized encoder (15 x 512, 64 heads), random weights, eval mode. One timed call encodes M molecules drawn
 from the PubChem324k mix (seeded) in batches of B, padded to each batch's largest molecule as the reference collates
 (policy (a)) or packed with cu_seqlens (policy (c): the same batches, no padded work). Providers:
-- ``unimol_tools``: A-tools, unimol-tools' own Uni-Mol modules, fp32 eager (its inference default); and
-  ``unimol_tools[bf16-autocast]``;
+- ``unimol_tools``: A-tools, unimol-tools' own Uni-Mol modules, fp32 eager (its inference default);
+  ``unimol_tools[bf16-autocast]``; and the same under ``torch.compile(dynamic=False)`` (``unimol_tools[compiled]``,
+  ``unimol_tools[compiled,bf16-autocast]``: issue 6's CPU goals are stated against these);
 - ``reference``: molm_fast's encoder under ``use_backend("reference")``, padded, fp32 (the ratio's denominator);
 - ``molm_fast:<backend>[padded|packed|packed,low-rank]`` in fp32 and, with the whole model cast, bf16 (on CPUs
   with AMX/AVX512-bf16 PyTorch's GEMMs use them).
 CPU: M = 16 in one batch of 16 (the issue's setting), every provider timed interleaved (``Run.compare``: >= 20
-rounds, ~1-5 s a call on 2 cores); torch.compile anchors are left to the GPU suite (minutes to compile here).
+rounds, ~1-5 s a call on 2 cores); the compile happens in the warm-up calls, which are not timed.
 GPU: M = 1,024, B = 64, bf16 for molm_fast and autocast for the anchors, plus ``reference_compiled``.
 """
 
@@ -68,6 +69,15 @@ def _providers(r: h.Run, batches: list[dict]) -> dict:
                 return [tools(b["tokens"], b["dist"], b["edge"]) for b in batches]
 
         providers["unimol_tools[bf16-autocast]"] = tools_autocast
+        tools_compiled = torch.compile(tools, dynamic=False)
+        providers["unimol_tools[compiled]"] = lambda: [tools_compiled(b["tokens"], b["dist"], b["edge"])
+                                                       for b in batches]
+
+        def tools_compiled_autocast():
+            with torch.autocast(r.device.type, dtype=lowp):
+                return [tools_compiled(b["tokens"], b["dist"], b["edge"]) for b in batches]
+
+        providers["unimol_tools[compiled,bf16-autocast]"] = tools_compiled_autocast
     except anchors.AnchorUnavailable as exc:
         print(f"bench_encoder: unimol_tools anchor unavailable: {exc}")
 
