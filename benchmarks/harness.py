@@ -269,9 +269,9 @@ def time_many(fns: dict[str, Callable], inputs: Sequence[tuple], device: torch.d
     sync()
     for name in live:
         ts = [s.elapsed_time(e) for s, e in times[name]] if cuda else times[name]
-        result[name] |= {"median_ms": _percentile(ts, 0.5), "p20_ms": _percentile(ts, 0.2),
-                         "p80_ms": _percentile(ts, 0.8), "min_ms": min(ts), "iters": iters, "warmup": warmup,
-                         "rotations": len(inputs), "interleaved_with": len(live) - 1}
+        result[name] |= {"median_ms": _percentile(ts, 0.5), "mean_ms": sum(ts) / len(ts),
+                         "p20_ms": _percentile(ts, 0.2), "p80_ms": _percentile(ts, 0.8), "min_ms": min(ts),
+                         "iters": iters, "warmup": warmup, "rotations": len(inputs), "interleaved_with": len(live) - 1}
     return result
 
 
