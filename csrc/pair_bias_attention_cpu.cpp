@@ -11,9 +11,11 @@
 #include <cmath>
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
+#include "simd_avx512.h"
 
 namespace molm_fast {
 namespace {
@@ -214,6 +216,80 @@ MOLM_FAST_MULTIVERSION void forward_one(const Problem& P, int64_t Drt, int64_t D
   }
 }
 
+#if MOLM_FAST_HAS_AVX512_PATH
+// forward_one for D = Dv = 8, fp32 math, no dropout, contiguous bias rows, on AVX-512, 16 query rows at a time:
+// pass 1 runs along the rows (16 keys per vector: q k^T + bias, the logits written) and transposes each 16 x 16
+// tile in registers into S [keys][16 rows]; pass 2 runs down the keys with the 16 rows in the lanes (exp, row
+// sums, p v as 8 FMAs against broadcast v), so no row ever needs a horizontal reduction.
+template <typename T>
+MOLM_AVX512 void forward_one_avx512(const Problem& P, const T* q, const T* k, const T* v, const T* bias, T* out,
+                                    T* logits, float* lse, float scale, std::vector<float>& buf) {
+  const int64_t n = P.n, w = padded_width(n);
+  const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  float* kt = scratch(buf, 41 * w + 144);  // [8][w] keys transposed
+  float* vr = kt + 8 * w;    // [w][8] values, row-major
+  float* qs = vr + 8 * w;    // [w][8] queries * scale
+  float* st = qs + 8 * w;    // [w][16] logits of one row block, transposed
+  float* ot = st + 16 * w;   // [8][16] out of one row block, transposed
+  float* lt = ot + 128;      // [16] its LSE
+  const __m512 sc = _mm512_set1_ps(scale);
+  for (int64_t j = 0; j < n; ++j) {  // 8 values a row: one masked load each
+    const __m512 kj = avx512::load16(k + P.at[kK] + j * P.row[kK], 0xff);
+    _mm512_mask_storeu_ps(vr + j * 8, 0xff, avx512::load16(v + P.at[kV] + j * P.row[kV], 0xff));
+    _mm512_mask_storeu_ps(qs + j * 8, 0xff, _mm512_mul_ps(avx512::load16(q + P.at[kQ] + j * P.row[kQ], 0xff), sc));
+    _mm512_mask_i32scatter_ps(kt + j, 0xff, _mm512_mullo_epi32(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 7, 6, 5, 4,
+                              3, 2, 1, 0), _mm512_set1_epi32(int(w))), kj, 4);
+  }
+  for (int64_t d = 0; d < 8; ++d) std::fill(kt + d * w + n, kt + (d + 1) * w, 0.0f);
+  std::fill(vr + 8 * n, vr + 8 * w, 0.0f);
+  std::fill(qs + 8 * n, qs + 8 * w, 0.0f);
+  const __mmask16 last = static_cast<__mmask16>(n % 16 == 0 ? 0xffff : (1u << (n % 16)) - 1);
+  for (int64_t r0 = 0; r0 < n; r0 += 16) {
+    const int64_t nr = std::min<int64_t>(16, n - r0);
+    __m512 mx = ninf;  // row maxima, one row per lane
+    for (int64_t j0 = 0; j0 < w; j0 += 16) {
+      const __mmask16 m = j0 + 16 >= w ? last : __mmask16(0xffff);
+      __m512 kv[8], s[16];
+      for (int d = 0; d < 8; ++d) kv[d] = _mm512_load_ps(kt + d * w + j0);
+      for (int r = 0; r < 16; ++r) {
+        if (r >= nr) {  // rows past n: never stored; all -inf, they take the empty-row branch
+          s[r] = ninf;
+          continue;
+        }
+        const float* qr = qs + (r0 + r) * 8;
+        __m512 acc = _mm512_mul_ps(_mm512_set1_ps(qr[0]), kv[0]);
+        for (int d = 1; d < 8; ++d) acc = _mm512_fmadd_ps(_mm512_set1_ps(qr[d]), kv[d], acc);
+        acc = _mm512_add_ps(acc, avx512::load16(bias + P.bias + (r0 + r) * P.bias_i + j0, m));
+        if (logits) avx512::store16(logits + P.pair + (r0 + r) * n + j0, acc, m);
+        s[r] = _mm512_mask_mov_ps(ninf, m, acc);  // keys past n: -inf
+      }
+      avx512::transpose16(s);
+      for (int jj = 0; jj < 16; ++jj) {
+        _mm512_store_ps(st + (j0 + jj) * 16, s[jj]);
+        mx = _mm512_max_ps(mx, s[jj]);
+      }
+    }
+    const __mmask16 empty = _mm512_cmp_ps_mask(mx, ninf, _CMP_EQ_OQ);  // rows with no key: out 0, LSE -inf
+    const __m512 mxs = _mm512_mask_mov_ps(mx, empty, _mm512_setzero_ps());
+    __m512 sum = _mm512_setzero_ps(), o[8];
+    for (int d = 0; d < 8; ++d) o[d] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; ++j) {
+      const __m512 e = avx512::exp16(_mm512_sub_ps(_mm512_load_ps(st + j * 16), mxs));
+      sum = _mm512_add_ps(sum, e);
+      for (int d = 0; d < 8; ++d) o[d] = _mm512_fmadd_ps(e, _mm512_set1_ps(vr[j * 8 + d]), o[d]);
+    }
+    const __m512 inv = _mm512_maskz_div_ps(static_cast<__mmask16>(~empty), _mm512_set1_ps(1.0f), sum);
+    for (int d = 0; d < 8; ++d) _mm512_store_ps(ot + d * 16, _mm512_mul_ps(o[d], inv));
+    _mm512_store_ps(lt, _mm512_mask_mov_ps(_mm512_add_ps(mx, avx512::log16(sum)), empty, ninf));
+    for (int64_t r = 0; r < nr; ++r) {
+      T* orow = out + P.at[kOut] + (r0 + r) * P.row[kOut];
+      for (int d = 0; d < 8; ++d) Io<float>::store(orow + d, ot[d * 16 + r]);
+      lse[P.lse + (r0 + r) * P.lse_i] = lt[r];
+    }
+  }
+}
+#endif
+
 template <typename T, typename S, int DC>
 MOLM_FAST_MULTIVERSION void backward_one(const Problem& P, int64_t Drt, const T* go, const T* gl, const T* q,
                                          const T* k, const T* v, const T* bias, const T* out, const S* lse, T* dq,
@@ -340,6 +416,16 @@ void forward_typed(const Layout& L, uintptr_t q, uintptr_t k, uintptr_t v, uintp
   auto c = [](uintptr_t p) { return reinterpret_cast<const T*>(p); };
   auto w = [](uintptr_t p) { return reinterpret_cast<T*>(p); };
   S* lse_p = reinterpret_cast<S*>(lse);
+#if MOLM_FAST_HAS_AVX512_PATH
+  if constexpr (std::is_same_v<S, float>) {
+    if (L.D == 8 && L.Dv == 8 && !dp && avx512_usable() && (L.packed() || L.s[kBias][3] == 1)) {
+      for_each_problem<S>(L, [&](const Problem& P, std::vector<S>& buf) {
+        forward_one_avx512<T>(P, c(q), c(k), c(v), c(bias), w(out), w(logits), lse_p, float(scale), buf);
+      });
+      return;
+    }
+  }
+#endif
   for_each_problem<S>(L, [&](const Problem& P, std::vector<S>& buf) {
     if (L.D == 8 && L.Dv == 8)
       forward_one<T, S, 8>(P, 8, 8, c(q), c(k), c(v), c(bias), w(out), w(logits), lse_p, S(scale), dp, buf);

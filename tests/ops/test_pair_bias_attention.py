@@ -131,6 +131,19 @@ def test_fully_masked_rows_give_zero_not_nan(backend):
     _check_against_reference(backend, q, k, v, bias)
 
 
+@pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="the C++ backend is not built")
+@pytest.mark.parametrize("generic", ["1", "0"])
+def test_cpp_generic_and_avx512_loops(monkeypatch, generic):
+    """The C++ forward runs an AVX-512 loop (D = 8, no dropout, when the CPU has AVX-512) or its generic loop
+    (every other CPU); MOLM_FAST_CPU_GENERIC=1 forces the generic one, so both are checked on an AVX-512 CPU."""
+    monkeypatch.setenv("MOLM_FAST_CPU_GENERIC", generic)
+    _check_against_reference("cpp", *_padded_inputs(3, 33, masked_row=True))
+    q, k, v, bias, cu, max_seqlen = _packed_inputs([17, 1, 0, 40, 16, 2])
+    _check_against_reference("cpp", q, k, v, bias, cu=cu, max_seqlen=max_seqlen)
+    q, k, v, bias, cu, max_seqlen = _packed_inputs([5, 33], dtype=torch.bfloat16)
+    _check_against_reference("cpp", q, k, v, bias, cu=cu, max_seqlen=max_seqlen, dtype=torch.bfloat16)
+
+
 @pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "triton"])
 def test_gradcheck_float64(backend):
     q, k, v, bias = (t.double() for t in _padded_inputs(2, 5, H=2, D=3, pad_frac=0))  # finite logits
