@@ -21,6 +21,14 @@ PYBIND11_MODULE(_C, m) {
         "Backward of gaussian_pair_bias_forward_cpu: (grad, the forward's inputs, d_coords, d_mul, d_bias, d_means, "
         "d_stds, d_w1, d_b1, d_w2, d_b2, B, N, T, K, C, H, num_types, pad_idx, dtype); everything in the compute dtype.");
 
+  m.def("gaussian_pair_bias_basis_cpu", &molm_fast::gaussian_pair_bias_basis_cpu,
+        "Gaussians of every pair of query rows [t0, t1) as bf16 G [pairs, K] in pair order: (coords [T,3] fp32, "
+        "tokens [T] int64, cu_seqlens [B+1] int32 or 0, cu_pairs [B+1] int64 or 0, mul, bias, means, stds (fp32), g, "
+        "B, N, T, t0, t1, K, num_types, pad_idx).");
+  m.def("gaussian_pair_bias_scatter_cpu", &molm_fast::gaussian_pair_bias_scatter_cpu,
+        "gbf_proj output y [pairs, H] bf16 of rows [t0, t1) -> out [B,H,N,N] or the packed pair tensor (bf16), "
+        "-inf on pad keys: (y, tokens, cu_seqlens, cu_pairs, out, B, N, T, t0, t1, H, pad_idx).");
+
   m.def("pair_bias_attention_forward_cpu", &molm_fast::pair_bias_attention_forward_cpu,
         "logits = (q*scale) k^T + bias, out = dropout(softmax(logits)) v, row LSE; padded [B,H,N,*] or packed "
         "(cu_seqlens != 0); D: head dim of q, k; Dv: of v, out; logits may be 0 (not written); strides: 4 each for "

@@ -22,6 +22,15 @@ void gaussian_pair_bias_backward_cpu(uintptr_t grad, uintptr_t coords, uintptr_t
                                      int64_t B, int64_t N, int64_t T, int64_t K, int64_t C, int64_t H,
                                      int64_t num_types, int64_t pad_idx, int dtype);
 
+// gaussian_pair_bias_gemm_cpu.cpp (bf16 parameters: the MLP runs on the CPU's bf16 GEMMs in between)
+void gaussian_pair_bias_basis_cpu(uintptr_t coords, uintptr_t tokens, uintptr_t cu_seqlens, uintptr_t cu_pairs,
+                                  uintptr_t mul, uintptr_t bias, uintptr_t means, uintptr_t stds, uintptr_t g,
+                                  int64_t B, int64_t N, int64_t T, int64_t t0, int64_t t1, int64_t K,
+                                  int64_t num_types, int64_t pad_idx);
+void gaussian_pair_bias_scatter_cpu(uintptr_t y, uintptr_t tokens, uintptr_t cu_seqlens, uintptr_t cu_pairs,
+                                    uintptr_t out, int64_t B, int64_t N, int64_t T, int64_t t0, int64_t t1, int64_t H,
+                                    int64_t pad_idx);
+
 // pair_bias_attention_cpu.cpp
 void pair_bias_attention_forward_cpu(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t bias, uintptr_t out,
                                      uintptr_t logits, uintptr_t lse, uintptr_t cu_seqlens, int64_t B, int64_t H,

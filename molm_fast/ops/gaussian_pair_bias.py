@@ -147,7 +147,50 @@ def _ptr(t):
     return 0 if t is None else t.data_ptr()
 
 
+_GEMM_CHUNK_PAIRS = 4096  # pairs per chunk of the bf16 path: G (1 MiB), the hidden layer and y stay in L2
+
+
+def _row_chunks(cu_seqlens, B: int, N: int, limit: int) -> list[tuple[int, int, int]]:
+    """(t0, t1, pairs): query rows [t0, t1) with <= ``limit`` pairs (a longer single row gets a chunk of its own)."""
+    if cu_seqlens is None:
+        per_row = [N] * (B * N)
+    else:
+        n = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+        per_row = torch.repeat_interleave(n, n).tolist()  # [T] pairs of each row
+    chunks, t0, acc = [], 0, 0
+    for t, p in enumerate(per_row):
+        if acc and acc + p > limit:
+            chunks.append((t0, t, acc))
+            t0, acc = t, 0
+        acc += p
+    if t0 < len(per_row):
+        chunks.append((t0, len(per_row), acc))
+    return chunks
+
+
+def _forward_cpp_bf16(coords, tokens, params, cu_seqlens, num_types, pad_idx):
+    """bf16 parameters: the C++ kernel makes the bf16 Gaussians of a chunk of rows, gbf_proj runs on PyTorch's bf16
+    GEMMs (oneDNN; AMX where the CPU has it) with upstream's bf16 rounding points, the C++ kernel scatters the
+    result into the [H, n, n] blocks; chunks of ~4k pairs keep G, the hidden layer and y in cache."""
+    _, xyz, tok, flat, cu, cu_pairs, B, N, shape = _flat(coords, tokens, params, cu_seqlens)
+    w1, b1, w2, b2 = params[4:]
+    K, _, H = _sizes(params)
+    out = torch.empty(shape, dtype=torch.bfloat16)
+    lib = _backend.load_module("cpp")
+    for t0, t1, n_pairs in _row_chunks(cu, B, N, _GEMM_CHUNK_PAIRS):
+        g = torch.empty(n_pairs, K, dtype=torch.bfloat16)  # [P, K]
+        lib.gaussian_pair_bias_basis_cpu(xyz.data_ptr(), tok.data_ptr(), _ptr(cu), _ptr(cu_pairs),
+                                         *(p.data_ptr() for p in flat[:4]), g.data_ptr(), B, N, tok.numel(), t0, t1,
+                                         K, num_types, pad_idx)
+        y = F.linear(F.gelu(F.linear(g, w1, b1)), w2, b2)  # [P, H] bf16
+        lib.gaussian_pair_bias_scatter_cpu(y.data_ptr(), tok.data_ptr(), _ptr(cu), _ptr(cu_pairs), out.data_ptr(),
+                                           B, N, tok.numel(), t0, t1, H, pad_idx)
+    return out
+
+
 def _forward_cpp(coords, tokens, params, cu_seqlens, max_seqlen, num_types, pad_idx):
+    if params[4].dtype == torch.bfloat16 and coords.device.type == "cpu":
+        return _forward_cpp_bf16(coords, tokens, params, cu_seqlens, num_types, pad_idx)
     compute, xyz, tok, flat, cu, cu_pairs, B, N, shape = _flat(coords, tokens, params, cu_seqlens)
     dtype = params[4].dtype
     out = torch.empty(shape, dtype=dtype if dtype in (compute, torch.bfloat16) else compute)

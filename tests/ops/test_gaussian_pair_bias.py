@@ -6,6 +6,8 @@ has its own ~5e-6 relative rounding error on Uni-Mol-sized layers, so fp32-vs-fp
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -159,6 +161,26 @@ def test_bfloat16_parameters(backend):
         out = gaussian_pair_bias(coords, tokens, *params)
     assert out.dtype == torch.bfloat16
     assert_close_to_reference(out, truth(coords, tokens, params).float())
+
+
+@pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="the C++ backend is not built")
+@pytest.mark.parametrize("generic", ["1", "0"])
+def test_cpp_bfloat16_gemm_path_in_chunks(monkeypatch, generic):
+    """bf16 parameters on the C++ backend: Gaussians and scatter in C++ (AVX-512 loop, or the generic one forced by
+    MOLM_FAST_CPU_GENERIC=1), gbf_proj on PyTorch's bf16 GEMMs, rows in chunks (made tiny here so batches span
+    several, with molecules split across chunks), padded with pads and packed with a zero-length molecule."""
+    gpb = importlib.import_module("molm_fast.ops.gaussian_pair_bias")  # the module (the package exports the function)
+    monkeypatch.setenv("MOLM_FAST_CPU_GENERIC", generic)
+    monkeypatch.setattr(gpb, "_GEMM_CHUNK_PAIRS", 50)
+    params = [p.bfloat16() for p in make_params(H=20)]  # H not a multiple of 16: partial head tiles
+    coords, tokens = make_padded(4, 19)
+    with use_backend("cpp"):
+        out = gaussian_pair_bias(coords, tokens, *params)
+    assert_close_to_reference(out, truth(coords, tokens, params).float())
+    coords, tokens, cu = make_packed([7, 0, 17, 1, 33])
+    with use_backend("cpp"):
+        out = gaussian_pair_bias(coords, tokens, *params, cu_seqlens=cu, max_seqlen=33)
+    assert_close_to_reference(out, truth(coords, tokens, params, cu_seqlens=cu, max_seqlen=33).float())
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
