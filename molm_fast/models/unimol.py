@@ -14,7 +14,8 @@ unused heads). The upstream quirks kept on purpose:
   - ``encoder.final_layer_norm`` on the atom states; no ``final_head_layer_norm``.
 Dropouts follow ``self.training`` like upstream; 3D-MoLM keeps this module in eval mode (``MoLM`` enforces it).
 Layers take ``**attn_kwargs`` that go straight to the attention op, so a packed (``cu_seqlens``) forward only needs
-a different entry point; projections are plain ``nn.Linear`` modules that a low-rank path can swap.
+a different entry point; projections are ``nn.Linear`` modules (``Linear``: through ``ops.linear``, the CPU's fused-bias
+oneDNN GEMM in bf16 inference) that a low-rank path can swap.
 """
 
 from __future__ import annotations
@@ -42,6 +43,14 @@ class GaussianLayer(nn.Module):
         nn.init.constant_(self.bias.weight, 0)
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, same checkpoint keys) through ``ops.linear``: on the CPU in bf16 inference,
+    oneDNN's GEMM with the bias fused in and the weight packed once; ``F.linear`` everywhere else."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.linear(x, self.weight, self.bias)
+
+
 class NonLinearHead(nn.Module):
     """``gbf_proj``: Linear(K, K) -> exact GELU -> Linear(K, H)."""
 
@@ -63,8 +72,8 @@ class SelfMultiheadAttention(nn.Module):
         self.head_dim = embed_dim // num_heads
         self.scaling = self.head_dim**-0.5
         self.dropout = dropout
-        self.in_proj = nn.Linear(embed_dim, 3 * embed_dim)  # rows q | k | v
-        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.in_proj = Linear(embed_dim, 3 * embed_dim)  # rows q | k | v
+        self.out_proj = Linear(embed_dim, embed_dim)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor, **attn_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         # x: [B, N, C] (padded) or [T, C] (packed, with cu_seqlens in attn_kwargs)
@@ -89,8 +98,8 @@ class TransformerEncoderLayer(nn.Module):
         self.activation_dropout = cfg.activation_dropout
         self.self_attn = SelfMultiheadAttention(cfg.embed_dim, cfg.num_heads, cfg.attention_dropout)
         self.self_attn_layer_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
-        self.fc1 = nn.Linear(cfg.embed_dim, cfg.ffn_dim)
-        self.fc2 = nn.Linear(cfg.ffn_dim, cfg.embed_dim)
+        self.fc1 = Linear(cfg.embed_dim, cfg.ffn_dim)
+        self.fc2 = Linear(cfg.ffn_dim, cfg.embed_dim)
         self.final_layer_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor, **attn_kwargs) -> tuple[torch.Tensor, torch.Tensor]:

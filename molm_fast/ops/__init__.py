@@ -6,6 +6,7 @@ around it. ``use_backend`` forces a backend inside a block; ``MOLM_FAST_BACKEND`
 
 from molm_fast.ops._backend import use_backend
 from molm_fast.ops.gaussian_pair_bias import gaussian_pair_bias, gaussian_pair_bias_reference
+from molm_fast.ops.linear import linear, linear_reference
 from molm_fast.ops.low_rank_pair_attention import low_rank_pair_attention, low_rank_pair_attention_reference
 from molm_fast.ops.pair_bias_attention import pair_bias_attention, pair_bias_attention_reference
 from molm_fast.ops.pairwise_distance import pairwise_distance, pairwise_distance_reference
@@ -20,6 +21,8 @@ __all__ = [
     "use_backend",
     "gaussian_pair_bias",
     "gaussian_pair_bias_reference",
+    "linear",
+    "linear_reference",
     "low_rank_pair_attention",
     "low_rank_pair_attention_reference",
     "pair_bias_attention",
