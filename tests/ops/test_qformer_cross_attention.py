@@ -99,8 +99,9 @@ def test_gradcheck_float64(backend, mode):
     q, k, v, kw = _inputs(2, 5, mode, torch.float64, H=1, Q=2, D=4)
     inputs = [t.detach().requires_grad_() for t in (q, k, v)]
     if mode == "upstream":  # no regime (b) here: its forward ignores q and k, autograd's (upstream's) gradient not
-        kw["key_mask"] = kw["key_mask"].clone()
-        kw["key_mask"][:, -1] = True
+        padding_mask = torch.arange(5)[None, :] >= torch.tensor([5, 3])[:, None]  # [2, 5] True = PAD
+        padding_mask[:, -1] = True  # every molecule has a pad (regime a); _inputs' random lengths may give none
+        kw["key_mask"] = qformer_key_mask(padding_mask)
     with use_backend(backend):
         assert torch.autograd.gradcheck(lambda *x: qformer_cross_attention(*x, **kw), inputs)
 
