@@ -233,16 +233,19 @@ MOLM_AVX512 void forward_one_avx512(const Problem& P, const T* q, const T* k, co
   float* ot = st + 16 * w;   // [8][16] out of one row block, transposed
   float* lt = ot + 128;      // [16] its LSE
   const __m512 sc = _mm512_set1_ps(scale);
-  for (int64_t j = 0; j < n; ++j) {  // 8 values a row: one masked load each
-    const __m512 kj = avx512::load16(k + P.at[kK] + j * P.row[kK], 0xff);
-    _mm512_mask_storeu_ps(vr + j * 8, 0xff, avx512::load16(v + P.at[kV] + j * P.row[kV], 0xff));
-    _mm512_mask_storeu_ps(qs + j * 8, 0xff, _mm512_mul_ps(avx512::load16(q + P.at[kQ] + j * P.row[kQ], 0xff), sc));
-    _mm512_mask_i32scatter_ps(kt + j, 0xff, _mm512_mullo_epi32(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 7, 6, 5, 4,
-                              3, 2, 1, 0), _mm512_set1_epi32(int(w))), kj, 4);
+  for (int64_t j0 = 0; j0 < w; j0 += 16) {  // 16 keys at a time: rows of q and v copied, k transposed
+    __m512 kr[16];
+    for (int64_t jj = 0; jj < 16; ++jj) {
+      const int64_t j = j0 + jj;
+      const __mmask16 m = j < n ? __mmask16(0xff) : __mmask16(0);  // rows past n: zeros
+      kr[jj] = avx512::load16(k + P.at[kK] + std::min(j, n - 1) * P.row[kK], m);
+      _mm512_mask_storeu_ps(vr + j * 8, 0xff, avx512::load16(v + P.at[kV] + std::min(j, n - 1) * P.row[kV], m));
+      _mm512_mask_storeu_ps(qs + j * 8, 0xff,
+                            _mm512_mul_ps(avx512::load16(q + P.at[kQ] + std::min(j, n - 1) * P.row[kQ], m), sc));
+    }
+    avx512::transpose16(kr);
+    for (int d = 0; d < 8; ++d) _mm512_store_ps(kt + d * w + j0, kr[d]);
   }
-  for (int64_t d = 0; d < 8; ++d) std::fill(kt + d * w + n, kt + (d + 1) * w, 0.0f);
-  std::fill(vr + 8 * n, vr + 8 * w, 0.0f);
-  std::fill(qs + 8 * n, qs + 8 * w, 0.0f);
   const __mmask16 last = static_cast<__mmask16>(n % 16 == 0 ? 0xffff : (1u << (n % 16)) - 1);
   for (int64_t r0 = 0; r0 < n; r0 += 16) {
     const int64_t nr = std::min<int64_t>(16, n - r0);
