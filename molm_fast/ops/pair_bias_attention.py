@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from molm_fast.ops import _backend
 from molm_fast.ops._random import dropout_keep
@@ -348,16 +349,31 @@ def _check(q, k, v, bias, dropout_p, cu_seqlens, max_seqlen) -> None:
     if not isinstance(max_seqlen, int) or max_seqlen < 0:
         raise ValueError(f"{OP}: max_seqlen must be an int >= the longest molecule, got {max_seqlen!r}")
     if cu_seqlens.device.type == "cpu":  # on CUDA this would cost a sync per call; the collate guarantees it
-        lens = cu_seqlens.diff()
-        if cu_seqlens.numel() == 0 or int(cu_seqlens[0]) != 0 or bool((lens < 0).any()):
-            raise ValueError(f"{OP}: cu_seqlens must start at 0 and not decrease, got {cu_seqlens.tolist()[:8]}")
-        if int(cu_seqlens[-1]) != q.shape[0]:
-            raise ValueError(f"{OP}: cu_seqlens[-1] must be T = {q.shape[0]}, got {int(cu_seqlens[-1])}")
-        if lens.numel() and int(lens.max()) > max_seqlen:
-            raise ValueError(f"{OP}: max_seqlen must be >= the longest molecule {int(lens.max())}, got {max_seqlen}")
-        pairs = q.shape[1] * int((lens.long() ** 2).sum())
-        if bias.numel() != pairs:
-            raise ValueError(f"{OP}: bias must have H * sum(n_b^2) = {pairs} elements, got {bias.numel()}")
+        _check_cu_seqlens(q, bias, cu_seqlens, max_seqlen)
+
+
+# cu_seqlens already checked against (T, H, max_seqlen, bias numel), with its version then: the 15 layers of one
+# packed batch share one cu_seqlens, so its ~10 small tensor ops (~0.1 ms) run once per batch, not per layer.
+_CHECKED_CU: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _check_cu_seqlens(q, bias, cu_seqlens, max_seqlen) -> None:
+    key = None if cu_seqlens.is_inference() else (cu_seqlens._version, q.shape[0], q.shape[1], max_seqlen,
+                                                  bias.numel())  # inference tensors keep no version: always check
+    if key is not None and _CHECKED_CU.get(cu_seqlens) == key:
+        return
+    lens = cu_seqlens.diff()
+    if cu_seqlens.numel() == 0 or int(cu_seqlens[0]) != 0 or bool((lens < 0).any()):
+        raise ValueError(f"{OP}: cu_seqlens must start at 0 and not decrease, got {cu_seqlens.tolist()[:8]}")
+    if int(cu_seqlens[-1]) != q.shape[0]:
+        raise ValueError(f"{OP}: cu_seqlens[-1] must be T = {q.shape[0]}, got {int(cu_seqlens[-1])}")
+    if lens.numel() and int(lens.max()) > max_seqlen:
+        raise ValueError(f"{OP}: max_seqlen must be >= the longest molecule {int(lens.max())}, got {max_seqlen}")
+    pairs = q.shape[1] * int((lens.long() ** 2).sum())
+    if bias.numel() != pairs:
+        raise ValueError(f"{OP}: bias must have H * sum(n_b^2) = {pairs} elements, got {bias.numel()}")
+    if key is not None:
+        _CHECKED_CU[cu_seqlens] = key
 
 
 def pair_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, *,
