@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from molm_fast.ops import _backend
+from molm_fast.ops.linear import linear
 from molm_fast.ops.pairwise_distance import pairwise_distance_reference
 
 OP = "gaussian_pair_bias"
@@ -182,7 +183,7 @@ def _forward_cpp_bf16(coords, tokens, params, cu_seqlens, num_types, pad_idx):
         lib.gaussian_pair_bias_basis_cpu(xyz.data_ptr(), tok.data_ptr(), _ptr(cu), _ptr(cu_pairs),
                                          *(p.data_ptr() for p in flat[:4]), g.data_ptr(), B, N, tok.numel(), t0, t1,
                                          K, num_types, pad_idx)
-        y = F.linear(F.gelu(F.linear(g, w1, b1)), w2, b2)  # [P, H] bf16
+        y = linear(F.gelu(linear(g, w1, b1)), w2, b2)  # [P, H] bf16 (ops.linear: bias fused, weights packed once)
         lib.gaussian_pair_bias_scatter_cpu(y.data_ptr(), tok.data_ptr(), _ptr(cu), _ptr(cu_pairs), out.data_ptr(),
                                            B, N, tok.numel(), t0, t1, H, pad_idx)
     return out
