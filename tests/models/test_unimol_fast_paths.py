@@ -26,6 +26,10 @@ def _model(dtype=torch.float32) -> UniMolEncoder:
                 p.normal_(0, 0.05)
             elif name.endswith("weight") and p.dim() == 2 and "gbf" not in name and "embed" not in name:
                 p.normal_(0, 0.05)
+            elif "gbf.means" in name:  # a trained-like basis: the from-scratch U(0, 3) stds put some Gaussians at
+                p.uniform_(0.0, 8.0)  # sigma ~0.02 A, where a 1-ulp distance difference (C++ vs torch distances)
+            elif "gbf.stds" in name:  # moves the bias ~1e-4 relative: conditioning, not the kernels
+                p.uniform_(0.3, 3.0)
     return model.eval().to(dtype)
 
 
