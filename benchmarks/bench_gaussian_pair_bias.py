@@ -79,10 +79,9 @@ def _providers(device: torch.device, packed: bool, compiled: bool) -> dict:
     return providers
 
 
-def _case(r: h.Run, ns: list[int], size_mix: str, backward: bool, headline: bool = False) -> h.Case:
+def _case(r: h.Run, ns: list[int], size_mix: str, backward: bool, headline: bool, dtype: torch.dtype) -> h.Case:
     B, N = len(ns), max(ns)
-    dtype = torch.bfloat16 if r.is_cuda else torch.float32
-    itemsize = 2 if r.is_cuda else 4
+    itemsize = torch.finfo(dtype).bits // 8
     pairs = B * N * N
     return h.Case(OP, {"B": B, "N": N}, str(dtype).removeprefix("torch."), size_mix,
                   units=h.units(ns, headline="pairs"), flops=flops(pairs, backward),
@@ -91,14 +90,14 @@ def _case(r: h.Run, ns: list[int], size_mix: str, backward: bool, headline: bool
 
 
 def _measure(r: h.Run, ns: list[int], size_mix: str, *, backward: bool = False, packed: bool = False,
-             compiled: bool = True, headline: bool = False) -> None:
+             compiled: bool = True, headline: bool = False, dtype: torch.dtype | None = None) -> None:
     gen = torch.Generator().manual_seed(len(r.records))
-    dtype = torch.bfloat16 if r.is_cuda else torch.float32
+    dtype = dtype or (torch.bfloat16 if r.is_cuda else torch.float32)
     inputs = r.rotated(lambda: _inputs(ns, r.device, dtype, gen, backward), max_sets=2 if not r.is_cuda else 8)
     providers = _providers(r.device, packed, compiled)
     if backward:  # gradients of every parameter (positions 5..12) and of the padded/packed coordinates
         providers = {name: h.with_grad(fn, list(range(5, 13))) for name, fn in providers.items()}
-    r.compare(_case(r, ns, size_mix, backward, headline), providers, inputs)
+    r.compare(_case(r, ns, size_mix, backward, headline, dtype), providers, inputs)
 
 
 def run(r: h.Run) -> None:
@@ -107,6 +106,8 @@ def run(r: h.Run) -> None:
         ns = h.sample_sizes("pubchem324k", B, seed=0)
         _measure(r, ns, "pubchem324k", packed=True, headline=True)
         _measure(r, ns, "pubchem324k", backward=True, packed=True, compiled=False)
+        if not r.is_cuda and torch.ops.mkldnn._is_mkldnn_bf16_supported():  # a CPU with bf16 units: bf16 too
+            _measure(r, ns, "pubchem324k", packed=True, compiled=False, dtype=torch.bfloat16)
     grid = GRID_QUICK if r.quick else (GRID if r.is_cuda else GRID_CPU)
     for B, N in grid:
         _measure(r, [N] * B, "uniform")

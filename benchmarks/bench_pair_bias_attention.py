@@ -98,10 +98,10 @@ def _providers(r: h.Run, dropout_p: float, packed: bool, compiled: bool) -> dict
 
 
 def _measure(r: h.Run, ns: list[int], N: int, size_mix: str, *, backward: bool = False, packed: bool = False,
-             compiled: bool = True, headline: bool = False) -> None:
+             compiled: bool = True, headline: bool = False, dtype: torch.dtype | None = None) -> None:
     gen = torch.Generator().manual_seed(len(r.records))
-    dtype = torch.bfloat16 if r.is_cuda else torch.float32
-    itemsize = 2 if r.is_cuda else 4
+    dtype = dtype or (torch.bfloat16 if r.is_cuda else torch.float32)
+    itemsize = torch.finfo(dtype).bits // 8
     B = len(ns)
     inputs = r.rotated(lambda: _inputs(ns, N, r.device, dtype, gen, backward, size_mix == "uniform"),
                        max_sets=8 if r.is_cuda else 2)
@@ -123,6 +123,8 @@ def run(r: h.Run) -> None:
         ns = h.sample_sizes("pubchem324k", B, seed=0)
         _measure(r, ns, max(ns), "pubchem324k", packed=True, headline=True)
         _measure(r, ns, max(ns), "pubchem324k", backward=True, packed=True, compiled=False)
+        if not r.is_cuda and torch.ops.mkldnn._is_mkldnn_bf16_supported():  # a CPU with bf16 units: bf16 too
+            _measure(r, ns, max(ns), "pubchem324k", packed=True, compiled=False, dtype=torch.bfloat16)
     grid = GRID_QUICK if r.quick else (GRID if r.is_cuda else GRID_CPU)
     for N, B in grid:
         _measure(r, [N] * B, N, "uniform", headline=N in (32, 64) and B in (64, 256))

@@ -189,8 +189,18 @@ def _forward_cpp_bf16(coords, tokens, params, cu_seqlens, num_types, pad_idx):
     return out
 
 
+def _mostly_real_pairs(tokens, cu_seqlens, pad_idx) -> bool:
+    """Packed, or padded with >= 70% of the pairs touching no pad: the bf16 GEMM path runs every pair, while the
+    fp32 kernel computes the pad pairs' shared value once, so it wins on heavily padded batches."""
+    if cu_seqlens is not None or tokens.numel() == 0:
+        return True
+    real = tokens.ne(pad_idx).sum(-1)  # [B]
+    return int((real * real).sum()) >= 0.7 * tokens.shape[0] * tokens.shape[1] ** 2
+
+
 def _forward_cpp(coords, tokens, params, cu_seqlens, max_seqlen, num_types, pad_idx):
-    if params[4].dtype == torch.bfloat16 and coords.device.type == "cpu":
+    if params[4].dtype == torch.bfloat16 and coords.device.type == "cpu" and _mostly_real_pairs(tokens, cu_seqlens,
+                                                                                                 pad_idx):
         return _forward_cpp_bf16(coords, tokens, params, cu_seqlens, num_types, pad_idx)
     compute, xyz, tok, flat, cu, cu_pairs, B, N, shape = _flat(coords, tokens, params, cu_seqlens)
     dtype = params[4].dtype

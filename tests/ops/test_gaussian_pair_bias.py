@@ -191,7 +191,11 @@ def test_cpp_bfloat16_gemm_path_in_chunks(monkeypatch, generic):
     monkeypatch.setenv("MOLM_FAST_CPU_GENERIC", generic)
     monkeypatch.setattr(gpb, "_GEMM_CHUNK_PAIRS", 50)
     params = [p.bfloat16() for p in make_params(H=20)]  # H not a multiple of 16: partial head tiles
-    coords, tokens = make_padded(4, 19)
+    coords, tokens = make_padded(2, 19)
+    tokens[0] = torch.randint(1, NUM_TYPES, (19,))
+    tokens[0, 7] = tokens[1, -1] = 0  # a pad inside a molecule and one at the end: >= 70% real pairs, so the
+    tokens[1, :-1] = torch.randint(1, NUM_TYPES, (18,))  # GEMM path runs (heavier padding takes the fp32 kernel)
+    assert gpb._mostly_real_pairs(tokens, None, 0)
     with use_backend("cpp"):
         out = gaussian_pair_bias(coords, tokens, *params)
     assert_close_to_reference(out, truth(coords, tokens, params).float())
