@@ -10,7 +10,12 @@ import os
 import zlib
 
 import pytest
-import torch
+
+# Before torch loads MKL (as training/cli_common.py does): MKL's AVX2 GEMMs round by buffer alignment unless strict
+# CNR is on, and the resume tests compare a resumed CPU run with the uninterrupted one bit for bit.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
+import torch  # noqa: E402
 
 # Triton kernels run on the CPU in the interpreter; must be set before triton is imported.
 if not torch.cuda.is_available():

@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
+
+# Before torch loads MKL: MKL's AVX2 GEMMs (AMD CPUs, older Xeons) round by buffer alignment, so a resumed CPU run
+# drifts from the uninterrupted one in the 7th digit; strict CNR keeps --resume bit-exact on every x86 CPU.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from any folder
 
