@@ -12,6 +12,8 @@ rounding to bf16. Everything else (autograd, fp32, other devices) takes ``F.line
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
@@ -39,12 +41,18 @@ def _packed_weight(weight: torch.Tensor) -> torch.Tensor:
     return packed
 
 
+@functools.cache
+def _mkldnn_bf16() -> bool:
+    """oneDNN's bf16 weight reorder needs AVX512-BW/VL/DQ or AVX-NE-CONVERT (an AVX2-only AMD EPYC has neither)."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def _cpp_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     if x.device.type != "cpu" or x.dtype != torch.bfloat16 or weight.dtype != x.dtype or weight.dim() != 2:
         return False
     if bias is not None and (bias.dtype != x.dtype or bias.dim() != 1):
         return False
-    if not torch.backends.mkldnn.is_available() or torch.compiler.is_compiling():
+    if not _mkldnn_bf16() or torch.compiler.is_compiling():
         return False
     needs_grad = x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     return not (needs_grad and torch.is_grad_enabled())
@@ -65,4 +73,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """``F.linear(x, weight, bias)``; on the CPU in bf16 inference, oneDNN's fused-bias GEMM (module docstring)."""
     if torch.compiler.is_compiling():
         return F.linear(x, weight, bias)
+    forced = _backend.forced_backend(OP)
+    if forced is not None and forced not in _FORWARD:  # a whole model forced to "triton"/"cuda": GEMMs stay F.linear
+        return linear_reference(x, weight, bias)
     return _FORWARD[_backend.pick(OP, x.device)](x, weight, bias)
