@@ -3,27 +3,79 @@
 
 Paper: SciBERT's BertTokenizer + ``[DEC]`` (spec §1.3), loaded from a local folder. ``tiny`` (tests, the CPU demo;
 no download possible) builds a lower-cased WordPiece of the same shape from the training texts: [PAD]=0, [UNK],
-[CLS], [SEP], [MASK], characters, frequent words, then [DEC]. It is saved beside the checkpoints
-(``qformer_tokenizer/``).
+[CLS], [SEP], [MASK], characters, subwords learnt by byte-pair merges, then [DEC]. It is saved beside the
+checkpoints (``qformer_tokenizer/``).
 """
 
 from __future__ import annotations
 
+import heapq
 import os
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 import torch
 
 
+def bpe_merges(words: Counter[str], num_merges: int) -> list[str]:
+    """Deterministic byte-pair merges over ``words`` (word -> count) in WordPiece spelling: a word starts as
+    [w0, ##w1, ##w2, ...]; the most frequent adjacent pair (ties: the smaller pair by spelling) becomes one symbol,
+    until ``num_merges`` distinct symbols are made or no pair occurs twice. Returns the new symbols in merge order."""
+    seqs = {w: [w[0]] + [f"##{c}" for c in w[1:]] for w in words}
+    counts: Counter[tuple[str, str]] = Counter()
+    where: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
+    for w, s in seqs.items():
+        for pair in zip(s, s[1:]):
+            counts[pair] += words[w]
+            where[pair].add(w)
+    heap = [(-c, pair) for pair, c in counts.items()]
+    heapq.heapify(heap)
+    merged: list[str] = []
+    merged_set: set[str] = set()
+    while heap and len(merged) < num_merges:
+        neg, pair = heapq.heappop(heap)
+        if -neg != counts[pair]:
+            continue  # stale entry: the count changed since it was pushed
+        if -neg < 2:
+            break
+        new = pair[0] + pair[1][2:]
+        if new not in merged_set:  # ("ab", "##c") and ("a", "##bc") both spell "abc"
+            merged.append(new)
+            merged_set.add(new)
+        touched = set()
+        for w in sorted(where.pop(pair)):
+            s, f = seqs[w], words[w]
+            for p in zip(s, s[1:]):
+                counts[p] -= f
+                where[p].discard(w)
+                touched.add(p)
+            out, i = [], 0
+            while i < len(s):
+                if i + 1 < len(s) and (s[i], s[i + 1]) == pair:
+                    out.append(new)
+                    i += 2
+                else:
+                    out.append(s[i])
+                    i += 1
+            seqs[w] = out
+            for p in zip(out, out[1:]):
+                counts[p] += f
+                where[p].add(w)
+                touched.add(p)
+        for p in sorted(touched):
+            if counts[p] > 0:
+                heapq.heappush(heap, (-counts[p], p))
+    return merged
+
+
 def build_wordpiece_tokenizer(texts: Sequence[str], vocab_size: int = 2000):
     """A BertTokenizerFast built from ``texts`` with [PAD]=0 and ``[DEC]`` as its bos_token (stage-1 tiny).
 
-    Deterministic (the ``tokenizers`` WordPiece trainer is not: its ties depend on hash order): the vocabulary is
-    the specials, every character seen (alone and as a ``##`` continuation), then the most frequent whole words
-    (ties by spelling) up to ``vocab_size``; other words split into characters.
+    Deterministic (the ``tokenizers`` trainers are not: their ties follow hash order): the vocabulary is the
+    specials, every character seen (alone and as a ``##`` continuation), then up to ``vocab_size`` in all of the
+    subwords of ``bpe_merges`` (chemistry morphemes such as "hydroxy", "##methyl", "##ic" are shared by many
+    molecules' descriptions, including words never seen whole).
     """
-    from collections import Counter
-
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
 
@@ -32,8 +84,7 @@ def build_wordpiece_tokenizer(texts: Sequence[str], vocab_size: int = 2000):
     words = Counter(w for t in texts for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(t)))
     chars = sorted({c for w in words for c in w})
     vocab = specials + chars + [f"##{c}" for c in chars]
-    ranked = sorted((w for w in words if len(w) > 1), key=lambda w: (-words[w], w))
-    vocab += ranked[:max(vocab_size - len(vocab), 0)]
+    vocab += bpe_merges(words, max(vocab_size - len(vocab), 0))  # distinct, and never a single character
     tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
     tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, splitter, decoders.WordPiece()
     tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
