@@ -3,7 +3,8 @@ with ``cfg.stage == 3``), configs ``training_config("paper" | "tiny", stage, **o
 
 Modules: losses (MTC/MTM/MTG), schedules (LAVIS per-epoch cosine, stage-3 per-step cosine), sampler (epoch and
 3D-MoIT mixture samplers), checkpoint (atomic, trainable-only, resumable), loop (DDP / FSDP2, JSONL metrics),
-packing (stage 2/3 packed sequences), data (molecule-text pairs), text (stage-1 tokenizer), stage1, stage2.
+packing (stage 2/3 packed sequences), data (molecule-text pairs, 3D-MoIT JSON sources), text (stage-1 tokenizer),
+stage1, stage2.
 Imports are lazy so ``import molm_fast.training`` stays light.
 """
 
@@ -14,7 +15,8 @@ from typing import Any
 
 _LAZY = {"train_stage1": "molm_fast.training.stage1", "train_stage2": "molm_fast.training.stage2",
          "training_config": "molm_fast.training.config", "TrainConfig": "molm_fast.training.config",
-         "load_pairs": "molm_fast.training.data", "PairData": "molm_fast.training.data"}
+         "load_pairs": "molm_fast.training.data", "load_sources": "molm_fast.training.data",
+         "PairData": "molm_fast.training.data"}
 
 
 def __getattr__(name: str) -> Any:

@@ -2,7 +2,8 @@
 
 Trainable: the Q-Former query path (query tokens, ln_graph, pruned Qformer, llm_proj) and LoRA; frozen: Uni-Mol
 and every LLM base weight. Stage 2 is captioning ("Describe the input molecule."); stage 3 (``cfg.stage == 3``)
-draws from several sources with p proportional to |D|^0.25 (``MixtureBatchSampler``) and the per-step cosine.
+draws from several sources (caption TSVs and 3D-MoIT JSON instruction files, ``data.load_sources``) with p
+proportional to |D|^0.25 (``MixtureBatchSampler``) and the per-step cosine.
 Sequences are upstream's ``</s> prompt </s> target`` (``models.llm.encode_training_batch``). Fast path
 (``cfg.packing``): the micro-batch's B samples packed into one row (``packing.pack_sequences``): the same samples per
 step, the same per-micro-batch token-mean loss, no pad computed. ``cfg.packing=False`` is the reference layout (left
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from molm_fast.training.config import TrainConfig
-from molm_fast.training.data import PairData, load_pairs
+from molm_fast.training.data import PairData, concat_pairs, load_pairs, load_sources
 from molm_fast.training.loop import TrainTask, setup_distributed, train
 from molm_fast.training.packing import pack_sequences, packed_attention_kwargs, use_packed_attention
 from molm_fast.training.sampler import EpochBatchSampler, MixtureBatchSampler
@@ -151,11 +152,11 @@ def train_stage2(cfg: TrainConfig, *, resume: bool = False, train_data: PairData
         if rank == 0:
             molm.save_pretrained(base)
     prepare_llm(molm, cfg)
-    if train_data is None:  # comma-separated TSVs: one source each (stage 3 mixes them by |D|^0.25)
-        train_data = [load_pairs(path, molecules=cfg.molecules, conformer_cache=cfg.conformer_cache,
-                                 max_molecules=cfg.max_molecules) for path in cfg.train_data.split(",")]
+    if train_data is None:  # comma-separated TSVs / 3D-MoIT JSONs: one source each (stage 3 mixes them by |D|^0.25)
+        train_data = load_sources(cfg.train_data.split(","), molecules=cfg.molecules,
+                                  conformer_cache=cfg.conformer_cache, max_molecules=cfg.max_molecules)
     sources = train_data if isinstance(train_data, list) else [train_data]
-    data = sources[0] if len(sources) == 1 else _concat(sources)
+    data = sources[0] if len(sources) == 1 else concat_pairs(sources)
     if cfg.stage == 3:
         sampler = MixtureBatchSampler([len(s) for s in sources], cfg.batch_size, seed=cfg.seed, rank=rank,
                                       world_size=world)
@@ -180,24 +181,3 @@ def train_stage2(cfg: TrainConfig, *, resume: bool = False, train_data: PairData
         if eval_collate is not None and rank == 0 else None
     return {**result, "model": molm, "out_dir": out, "eval_loss_before": before, "eval_loss_after": after}
 
-
-def _concat(sources: list[PairData]) -> PairData:
-    """One PairData over several sources (stage 3): indices are into the concatenation, in source order."""
-    from molm_fast.data.store import MoleculeStore
-
-    stores = [s.store for s in sources]
-    shift = [0]
-    for s in stores[:-1]:
-        shift.append(shift[-1] + int(s.offsets[-1]))
-    offsets = [stores[0].offsets[:1]] + [s.offsets[1:] + sh for s, sh in zip(stores, shift)]
-    store = MoleculeStore(torch.cat([torch.from_numpy(s.tokens) for s in stores]).numpy(),
-                          torch.cat([torch.from_numpy(s.coords) for s in stores]).numpy(),
-                          torch.cat([torch.from_numpy(o) for o in offsets]).numpy(),
-                          torch.cat([torch.from_numpy(s.record_index) for s in stores]).numpy(),
-                          [i for s in stores for i in s.ids])
-    from molm_fast.models.llm import CAPTION_INSTRUCTION
-
-    return PairData(store, [t for s in sources for t in s.texts], [t for s in sources for t in s.smiles],
-                    [c for s in sources for c in s.cids],
-                    instructions=[i for s in sources for i in (s.instructions or [CAPTION_INSTRUCTION] * len(s))],
-                    tasks=[t for s in sources for t in (s.tasks or [None] * len(s))])
