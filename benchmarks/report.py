@@ -2,8 +2,8 @@
 
 ``python -m benchmarks.report [--results DIR]`` writes, into the results directory:
 
-* ``SUMMARY.md``: for the latest cpu/gpu suite run of each device (a device's standalone ``bench_<op>`` runs
-  only where it has no suite run): its environment and, per op, every case x provider
+* ``SUMMARY.md``: per device and op, the latest cpu/gpu suite run that measured the op (a device's standalone
+  ``bench_<op>`` runs only where it has no suite run): its environment and, per op, every case x provider
   (median, p20-p80, headline throughput, speedup vs the reference of the same run, roofline fraction), plus the
   providers that were skipped and why;
 * ``README_TABLE.md``: the README's performance table: per device, op and pass, the headline cases (or the
@@ -37,14 +37,22 @@ def load(results: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 def latest(runs: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
-    """The latest full (non-quick preferred) run per (suite, device)."""
-    best: dict[tuple, tuple[str, dict]] = {}
+    """Per (suite, device, op) the latest run that measured the op (a full run preferred over a quick one), so a
+    partial ``--only`` run replaces only its own ops. Returns those runs, each with only the records it supplies."""
+    best: dict[tuple, tuple[tuple, str]] = {}
+    docs = dict(runs)
     for name, doc in runs:
-        key = (doc["suite"], doc["environment"]["device"])
         rank = (not doc.get("quick"), doc["started"])
-        if key not in best or rank >= (not best[key][1].get("quick"), best[key][1]["started"]):
-            best[key] = (name, doc)
-    return sorted(best.values(), key=lambda nd: (nd[1]["suite"], nd[1]["environment"]["device"]))
+        for op in {r["op"] for r in doc["records"]}:
+            key = (doc["suite"], doc["environment"]["device"], op)
+            if key not in best or rank >= best[key][0]:
+                best[key] = (rank, name)
+    chosen: dict[str, set[str]] = defaultdict(set)
+    for (_, _, op), (_, name) in best.items():
+        chosen[name].add(op)
+    out = [(name, docs[name] | {"records": [r for r in docs[name]["records"] if r["op"] in ops]})
+           for name, ops in chosen.items()]
+    return sorted(out, key=lambda nd: (nd[1]["suite"], nd[1]["environment"]["device"], nd[1]["started"]))
 
 
 def _f(x: float | None, spec: str) -> str:

@@ -129,6 +129,17 @@ def test_report_builds_summary_table_and_plots(tmp_path):
     assert (tmp_path / "plots" / "cpu_cpu_toy_speedup.png").stat().st_size > 0
 
 
+def test_report_takes_each_op_from_its_latest_run():
+    def doc(started, ops, quick=False):
+        return {"suite": "cpu", "quick": quick, "started": started, "environment": {"device": "cpu"},
+                "records": [{"op": op, "case": op} for op in ops]}
+
+    runs = [("full.json", doc("2026-01-01", ["a", "b", "c"])), ("only_a.json", doc("2026-01-02", ["a"])),
+            ("quick_b.json", doc("2026-01-03", ["b"], quick=True))]
+    picked = {name: sorted(r["op"] for r in d["records"]) for name, d in report.latest(runs)}
+    assert picked == {"full.json": ["b", "c"], "only_a.json": ["a"]}  # a full run beats a later quick one
+
+
 def test_sdpa_composite_matches_the_pair_bias_attention_math():
     B, H, N, D = 2, 4, 7, 8
     q, k, v = (torch.randn(B, H, N, D) for _ in range(3))
