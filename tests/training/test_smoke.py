@@ -1,10 +1,15 @@
 """Real smoke run on ChEBI-20 (tiny config, CPU): stage 1 then stage 2, losses drop, retrieval beats chance.
 
-Training: 384 validation-split pairs; evaluation: test-split pairs (conformers precomputed by
-make_chebi_conformers.py, committed as data/chebi20_conformers.npz). Retrieval is asserted on the training pairs
-(in-batch, B = 32, chance 1/32) at > 4x chance: with a random 2-layer Uni-Mol and a random text encoder, a CPU
-minute of training aligns the pairs it saw far above chance (7x in our runs) but generalises weakly (held-out
-~2.5x chance in our runs), so held out only > 1.25x chance is asserted (binomial noise over 192 pairs).
+Training: the 2,010 ChEBI-20 validation pairs with SMILES <= 70 characters; evaluation: 640 test-split pairs
+(conformers precomputed by make_chebi_conformers.py, committed as data/chebi20_conformers.npz). Stage 1 runs the
+``tiny`` preset (5 epochs, 625 steps of 16) with the run's fresh seed. Held-out in-batch retrieval (B = 32, chance
+1/32, molecule->text and text->molecule averaged) of this setup over six seeds: 3.3x, 3.4x, 3.6x, 5.7x, 7.0x,
+7.4x chance (the 384-pair, 6-epoch setup before it: 1.2x, 1.7x, 2.2x). The spread is the seed's (how soon MTC
+leaves its ln B plateau), not the random encoder's: a ridge map from bag-of-subwords to the frozen encoder's
+pad-readout vector retrieves at ~12x chance for each of three encoder seeds.
+The floor is computed from binomial noise over the held-out pairs: the lowest accuracy measured over seeds,
+LOWEST_MEASURED, minus 3 binomial standard deviations over the n evaluated pairs; at n = 640 that is ~2.1x chance,
+itself ~5 standard deviations above chance. The pairs seen in training must clear it too.
 Also: a stage-1 checkpoint loads with MoLM.from_pretrained, and resuming stage 2 after a kill reproduces its losses
 exactly.
 """
@@ -12,6 +17,7 @@ exactly.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -19,10 +25,13 @@ import torch
 
 from molm_fast.training.config import training_config
 from molm_fast.training.data import load_pairs
+from tests import utils
 
 HERE = Path(__file__).resolve().parent
 CHEBI = HERE.parents[1] / ".." / "shared" / "data" / "chebi20" / "molt5"
 MOLECULES = HERE / "data" / "chebi20_conformers.npz"
+TRAIN_PAIRS, HELD_OUT_PAIRS = 2010, 640
+LOWEST_MEASURED = 0.1016  # held-out accuracy (g2t, t2g averaged) of the worst seed measured (3.25x chance)
 
 pytestmark = pytest.mark.skipif(not (CHEBI / "validation.txt").exists() or not MOLECULES.exists(),
                                 reason="needs ../shared/data/chebi20 and tests/training/data/chebi20_conformers.npz")
@@ -34,9 +43,9 @@ def _rows(path):
 
 @pytest.fixture(scope="module")
 def chebi():
-    train = load_pairs(CHEBI / "validation.txt", molecules=MOLECULES, max_molecules=384)
+    train = load_pairs(CHEBI / "validation.txt", molecules=MOLECULES)
     test = load_pairs(CHEBI / "test.txt", molecules=MOLECULES)
-    assert len(train) == 384 and len(test) >= 150
+    assert len(train) == TRAIN_PAIRS and len(test) == HELD_OUT_PAIRS
     return train, test
 
 
@@ -47,12 +56,18 @@ def stage1_run(chebi, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 2 threads on 2 shared, loaded cores thrash (measured 30x slower matmuls)
     out = tmp_path_factory.mktemp("stage1")
-    cfg = training_config("tiny", 1, out_dir=str(out), progress=False, ckpt_every=1000)
+    cfg = training_config("tiny", 1, out_dir=str(out), progress=False, ckpt_every=1000, seed=utils.RUN_SEED)
     result = train_stage1(cfg, train_data=chebi[0], eval_data=chebi[1])
     step = Stage1Step(result["model"], pad_token_id=result["tokenizer"].pad_token_id)
-    result["train_retrieval"] = evaluate_retrieval(step, chebi[0], result["tokenizer"], cfg)
+    seen = load_pairs(CHEBI / "validation.txt", molecules=MOLECULES, max_molecules=HELD_OUT_PAIRS)
+    result["train_retrieval"] = evaluate_retrieval(step, seen, result["tokenizer"], cfg)
     yield result
     torch.set_num_threads(threads)
+
+
+def held_out_floor(pairs: int) -> float:
+    """LOWEST_MEASURED minus 3 binomial standard deviations over ``pairs`` held-out pairs."""
+    return LOWEST_MEASURED - 3 * math.sqrt(LOWEST_MEASURED * (1 - LOWEST_MEASURED) / pairs)
 
 
 @pytest.mark.slow
@@ -61,17 +76,21 @@ def test_stage1_losses_drop_and_retrieval_beats_chance(stage1_run):
     def mean(term, part):
         return sum(r[term] for r in part) / len(part)
 
-    assert len(rows) == 144  # 6 epochs x 24 batches of 16
+    cfg = training_config("tiny", 1)
+    assert len(rows) == cfg.max_epochs * (TRAIN_PAIRS // cfg.batch_size)
     first, last = rows[:5], rows[-5:]
     assert mean("loss", last) < 0.8 * mean("loss", first), (mean("loss", first), mean("loss", last))
     assert mean("mtg", last) < 0.8 * mean("mtg", first), (mean("mtg", first), mean("mtg", last))
-    assert mean("mtc", last) < mean("mtc", first) - 0.2, (mean("mtc", first), mean("mtc", last))
-    seen, held_out = stage1_run["train_retrieval"], stage1_run["retrieval"]
-    assert seen["pairs"] == 384 and held_out["pairs"] >= 160
-    both = (seen["g2t_acc"] + seen["t2g_acc"]) / 2
-    assert both > 4 * seen["chance"], f"training pairs {seen}; held-out {held_out}"
-    both = (held_out["g2t_acc"] + held_out["t2g_acc"]) / 2
-    assert both > 1.25 * held_out["chance"], f"held-out {held_out}; training pairs {seen}"
+    assert mean("mtc", last) < mean("mtc", first) - 0.5, (mean("mtc", first), mean("mtc", last))
+    held_out, seen = stage1_run["retrieval"], stage1_run["train_retrieval"]
+    assert held_out["pairs"] == HELD_OUT_PAIRS and held_out["batch_size"] == 32
+    floor = held_out_floor(held_out["pairs"])
+    print(f"seed {utils.RUN_SEED}: held-out {held_out}; training pairs {seen}; floor {floor:.4f}")
+    assert floor > 2 * held_out["chance"]
+    for name, r in (("held-out", held_out), ("training pairs", seen)):
+        both = (r["g2t_acc"] + r["t2g_acc"]) / 2
+        assert both > floor, f"{name}: {both:.3f} <= floor {floor:.3f} ({both / r['chance']:.2f}x chance); " \
+                             f"held-out {held_out}, training pairs {seen}"
 
 
 @pytest.mark.slow
