@@ -14,6 +14,7 @@ import torch
 
 from benchmarks import harness as h
 from molm_fast.ops import gaussian_pair_bias, gaussian_pair_bias_reference
+from molm_fast.ops.linear import cpu_has_bf16_gemm
 
 OP = "gaussian_pair_bias"
 K, C, H, NUM_TYPES = 128, 128, 64, 31
@@ -106,7 +107,7 @@ def run(r: h.Run) -> None:
         ns = h.sample_sizes("pubchem324k", B, seed=0)
         _measure(r, ns, "pubchem324k", packed=True, headline=True)
         _measure(r, ns, "pubchem324k", backward=True, packed=True, compiled=False)
-        if not r.is_cuda and torch.ops.mkldnn._is_mkldnn_bf16_supported():  # a CPU with bf16 units: bf16 too
+        if not r.is_cuda and cpu_has_bf16_gemm():  # a CPU with bf16 units: bf16 too
             _measure(r, ns, "pubchem324k", packed=True, compiled=False, dtype=torch.bfloat16)
     grid = GRID_QUICK if r.quick else (GRID if r.is_cuda else GRID_CPU)
     for B, N in grid:

@@ -17,6 +17,7 @@ from torch.nn.attention import SDPBackend
 from benchmarks import anchors
 from benchmarks import harness as h
 from molm_fast.ops import pair_bias_attention, pair_bias_attention_reference, use_backend
+from molm_fast.ops.linear import cpu_has_bf16_gemm
 
 OP = "pair_bias_attention"
 H, D = 64, 8
@@ -123,7 +124,7 @@ def run(r: h.Run) -> None:
         ns = h.sample_sizes("pubchem324k", B, seed=0)
         _measure(r, ns, max(ns), "pubchem324k", packed=True, headline=True)
         _measure(r, ns, max(ns), "pubchem324k", backward=True, packed=True, compiled=False)
-        if not r.is_cuda and torch.ops.mkldnn._is_mkldnn_bf16_supported():  # a CPU with bf16 units: bf16 too
+        if not r.is_cuda and cpu_has_bf16_gemm():  # a CPU with bf16 units: bf16 too
             _measure(r, ns, max(ns), "pubchem324k", packed=True, compiled=False, dtype=torch.bfloat16)
     grid = GRID_QUICK if r.quick else (GRID if r.is_cuda else GRID_CPU)
     for N, B in grid:

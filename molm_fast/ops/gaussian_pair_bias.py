@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from molm_fast.ops import _backend
-from molm_fast.ops.linear import _mkldnn_bf16, linear
+from molm_fast.ops.linear import cpu_has_bf16_gemm, linear
 from molm_fast.ops.pairwise_distance import pairwise_distance_reference
 
 OP = "gaussian_pair_bias"
@@ -200,7 +200,7 @@ def _mostly_real_pairs(tokens, cu_seqlens, pad_idx) -> bool:
 
 def _forward_cpp(coords, tokens, params, cu_seqlens, max_seqlen, num_types, pad_idx):
     # the bf16 GEMM path needs a CPU with bf16 units (else PyTorch's bf16 GEMMs are emulated: the fp32 kernel wins)
-    if (params[4].dtype == torch.bfloat16 and coords.device.type == "cpu" and _mkldnn_bf16()
+    if (params[4].dtype == torch.bfloat16 and coords.device.type == "cpu" and cpu_has_bf16_gemm()
             and _mostly_real_pairs(tokens, cu_seqlens, pad_idx)):
         return _forward_cpp_bf16(coords, tokens, params, cu_seqlens, num_types, pad_idx)
     compute, xyz, tok, flat, cu, cu_pairs, B, N, shape = _flat(coords, tokens, params, cu_seqlens)

@@ -42,8 +42,9 @@ def _packed_weight(weight: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
-def _mkldnn_bf16() -> bool:
-    """oneDNN's bf16 weight reorder needs AVX512-BW/VL/DQ or AVX-NE-CONVERT (an AVX2-only AMD EPYC has neither)."""
+def cpu_has_bf16_gemm() -> bool:
+    """Whether this CPU has bf16 GEMM units oneDNN uses (the bf16 fast paths and bf16 CPU benchmarks key on it);
+    its bf16 weight reorder needs AVX512-BW/VL/DQ or AVX-NE-CONVERT (an AVX2-only AMD EPYC has neither)."""
     return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
@@ -52,7 +53,7 @@ def _cpp_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         return False
     if bias is not None and (bias.dtype != x.dtype or bias.dim() != 1):
         return False
-    if not _mkldnn_bf16() or torch.compiler.is_compiling():
+    if not cpu_has_bf16_gemm() or torch.compiler.is_compiling():
         return False
     needs_grad = x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     return not (needs_grad and torch.is_grad_enabled())

@@ -60,7 +60,7 @@ def test_autograd_takes_f_linear(backend):
 
 def test_cpp_packs_each_weight_once():
     mod = importlib.import_module("molm_fast.ops.linear")  # the module (the package exports the function)
-    if "cpp" not in CPU_BACKENDS or not mod._mkldnn_bf16():
+    if "cpp" not in CPU_BACKENDS or not mod.cpu_has_bf16_gemm():
         pytest.skip("the C++ backend or oneDNN bf16 (AVX512-BW/VL/DQ or AVX-NE-CONVERT) is not available here")
     w, x = torch.randn(24, 16).bfloat16(), torch.randn(3, 16).bfloat16()
     with torch.inference_mode(), use_backend(**{OP: "cpp"}):
