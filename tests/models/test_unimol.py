@@ -10,6 +10,7 @@ import torch
 from molm_fast.data.featurize import featurize_reference
 from molm_fast.models.config import UniMolConfig, paper
 from molm_fast.models.unimol import UniMolEncoder
+from tests.models.spread_init import spread_unimol_parameters
 from tests.models.unimol_tools_model import build_unimol_tools_model
 from tests.utils import assert_close_to_reference
 
@@ -67,22 +68,7 @@ def random_molecules(lengths):
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     ref = build_unimol_tools_model(tmp_path_factory.mktemp("unimol_tools"))
-    with torch.no_grad():  # random but not degenerate: BERT-like init plus spread LayerNorms and Gaussians
-        for name, p in ref.named_parameters():
-            if name.endswith("layer_norm.weight"):
-                p.uniform_(0.5, 1.5)
-            elif name.endswith("layer_norm.bias") or name.endswith(".bias") and "gbf." not in name:
-                p.normal_(0, 0.05)
-            elif "gbf.mul" in name:
-                p.uniform_(0.8, 1.2)
-            elif "gbf.bias" in name:
-                p.normal_(0, 0.1)
-            elif "gbf.means" in name:  # trained-like basis over the molecule's distances, not upstream's
-                p.uniform_(0.0, 8.0)  # N(0, 0.02) init (every Gaussian at 0 Å with sigma 0.02 Å: zero for every
-            elif "gbf.stds" in name:  # real pair, and a 1-ulp distance change moves it by ~1e-4 relative)
-                p.uniform_(0.3, 3.0)
-            elif name.endswith("weight") and p.dim() == 2 and "gbf" not in name:
-                p.normal_(0, 0.05)
+    spread_unimol_parameters(ref)
     ours = UniMolEncoder().eval()
     missing, unexpected = ours.load_state_dict(ref.state_dict(), strict=False)
     assert missing == [], missing

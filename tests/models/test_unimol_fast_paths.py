@@ -10,6 +10,7 @@ import torch
 from molm_fast.models.config import UniMolConfig
 from molm_fast.models.unimol import UniMolEncoder
 from molm_fast.ops import use_backend
+from tests.models.spread_init import spread_unimol_parameters
 from tests.utils import assert_close_to_reference, assert_no_worse_than_lowp_reference, fast_backends_for
 
 CPU_BACKENDS = [b for b in fast_backends_for("pair_bias_attention", "cpu") if b != "triton"]  # interpreter: op tests
@@ -17,19 +18,7 @@ CFG = UniMolConfig(num_layers=3, embed_dim=128, ffn_dim=256, num_heads=16)  # he
 
 
 def _model(dtype=torch.float32) -> UniMolEncoder:
-    model = UniMolEncoder(CFG)
-    with torch.no_grad():  # random but not degenerate: spread LayerNorms, BERT-like linears
-        for name, p in model.named_parameters():
-            if name.endswith("layer_norm.weight"):
-                p.uniform_(0.5, 1.5)
-            elif name.endswith(".bias") and "gbf." not in name:
-                p.normal_(0, 0.05)
-            elif name.endswith("weight") and p.dim() == 2 and "gbf" not in name and "embed" not in name:
-                p.normal_(0, 0.05)
-            elif "gbf.means" in name:  # a trained-like basis: the from-scratch U(0, 3) stds put some Gaussians at
-                p.uniform_(0.0, 8.0)  # sigma ~0.02 A, where a 1-ulp distance difference (C++ vs torch distances)
-            elif "gbf.stds" in name:  # moves the bias ~1e-4 relative: conditioning, not the kernels
-                p.uniform_(0.3, 3.0)
+    model = spread_unimol_parameters(UniMolEncoder(CFG), embeddings=False)
     return model.eval().to(dtype)
 
 
