@@ -45,15 +45,11 @@ def _property_data(pairs, seed: int = 0):
     """3D-MoIT computed-property QA (MW, LogP, TPSA from RDKit) for the molecules of ``pairs`` as PairData."""
     from molm_fast.data import MoleculeRecord
     from molm_fast.data.moit import RDKIT_COMPUTABLE, computed_property_items
-    from molm_fast.training.data import PairData
+    from molm_fast.training.data import instruction_pairs
 
     records = [MoleculeRecord(index=i, id=cid, smiles=s) for i, (cid, s) in enumerate(zip(pairs.cids, pairs.smiles))]
     items, _ = computed_property_items(records, RDKIT_COMPUTABLE, seed=seed)
-    where = {cid: i for i, cid in enumerate(pairs.cids)}
-    keep = [where[it.input] for it in items]
-    return PairData(pairs.store.subset(keep), [it.output for it in items], [pairs.smiles[i] for i in keep],
-                    [pairs.cids[i] for i in keep], instructions=[it.instruction for it in items],
-                    tasks=[it.task for it in items])
+    return instruction_pairs(items, pairs)
 
 
 def run_demo(output: str | Path = "molm-fast-demo", *, quick: bool = False) -> int:

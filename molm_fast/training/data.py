@@ -95,9 +95,15 @@ def load_instructions(path: str | os.PathLike, pairs: PairData) -> PairData:
     bad = [it.reason for it in items if it.status != "ok"]
     if bad:
         raise ValueError(f"load_instructions: {path}: {bad[0]} ({len(bad)} malformed item(s))")
+    return instruction_pairs(items, pairs)
+
+
+def instruction_pairs(items: Sequence, pairs: PairData) -> PairData:
+    """3D-MoIT items (``molm_fast.data.moit.InstructionItem``) joined by CID (``item.input``) to the molecules of
+    ``pairs``; items whose molecule ``pairs`` lacks are counted in ``dropped``."""
     where = {cid: i for i, cid in enumerate(pairs.cids)}
-    keep = [where[it.input] for it in items if it.input in where]
     picked = [it for it in items if it.input in where]
+    keep = [where[it.input] for it in picked]
     return PairData(pairs.store.subset(keep), [it.output for it in picked], [pairs.smiles[i] for i in keep],
                     [pairs.cids[i] for i in keep], [it.input for it in items if it.input not in where],
                     instructions=[it.instruction for it in picked], tasks=[it.task for it in picked])
