@@ -29,6 +29,17 @@ PYBIND11_MODULE(_C, m) {
         "gbf_proj output y [pairs, H] bf16 of rows [t0, t1) -> out [B,H,N,N] or the packed pair tensor (bf16), "
         "-inf on pad keys: (y, tokens, cu_seqlens, cu_pairs, out, B, N, T, t0, t1, H, pad_idx).");
 
+  m.def("linear_amx_usable", &molm_fast::linear_amx_usable,
+        "Whether linear_forward_cpu runs here: AMX-TILE + AMX-BF16, the OS's tile permission, and "
+        "MOLM_FAST_CPU_GENERIC unset.");
+  m.def("linear_pack_weight_cpu", &molm_fast::linear_pack_weight_cpu,
+        "bf16 weight [N, K] -> AMX VNNI order [N/16][K/2][16][2] (same numel): (weight, packed, N, K); N, K % 32 == 0.");
+  m.def("linear_forward_cpu", &molm_fast::linear_forward_cpu,
+        "out [M, N] = residual + act(x W^T + b), bf16, rounding after each step like the unfused ops: (x [M, K], "
+        "packed weight, bias [N] or 0, residual [M, N] or 0, out, M, N, K, activation 0 none / 1 gelu (erf)).",
+        py::arg("x"), py::arg("packed_weight"), py::arg("bias"), py::arg("residual"), py::arg("out"), py::arg("M"),
+        py::arg("N"), py::arg("K"), py::arg("activation"));
+
   m.def("pair_bias_attention_forward_cpu", &molm_fast::pair_bias_attention_forward_cpu,
         "logits = (q*scale) k^T + bias, out = dropout(softmax(logits)) v, row LSE; padded [B,H,N,*] or packed "
         "(cu_seqlens != 0); D: head dim of q, k; Dv: of v, out; logits may be 0 (not written); strides: 4 each for "

@@ -31,6 +31,12 @@ void gaussian_pair_bias_scatter_cpu(uintptr_t y, uintptr_t tokens, uintptr_t cu_
                                     uintptr_t out, int64_t B, int64_t N, int64_t T, int64_t t0, int64_t t1, int64_t H,
                                     int64_t pad_idx);
 
+// linear_cpu.cpp (AMX bf16 GEMM with the encoder's epilogues)
+bool linear_amx_usable();
+void linear_pack_weight_cpu(uintptr_t weight, uintptr_t packed, int64_t N, int64_t K);
+void linear_forward_cpu(uintptr_t x, uintptr_t packed_weight, uintptr_t bias, uintptr_t residual, uintptr_t out,
+                        int64_t M, int64_t N, int64_t K, int activation);
+
 // pair_bias_attention_cpu.cpp
 void pair_bias_attention_forward_cpu(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t bias, uintptr_t out,
                                      uintptr_t logits, uintptr_t lse, uintptr_t cu_seqlens, int64_t B, int64_t H,

@@ -14,8 +14,8 @@ unused heads). The upstream quirks kept on purpose:
   - ``encoder.final_layer_norm`` on the atom states; no ``final_head_layer_norm``.
 Dropouts follow ``self.training`` like upstream; 3D-MoLM keeps this module in eval mode (``MoLM`` enforces it).
 Layers take ``**attn_kwargs`` that go straight to the attention op, so a packed (``cu_seqlens``) forward only needs
-a different entry point; projections are ``nn.Linear`` modules (``Linear``: through ``ops.linear``, the CPU's fused-bias
-oneDNN GEMM in bf16 inference) that a low-rank path can swap.
+a different entry point; projections are ``nn.Linear`` modules (``Linear``: through ``ops.linear``, which in eval also
+runs fc1's GELU and both residual adds in the GEMM's epilogue: one fused AMX GEMM each in CPU bf16 inference).
 """
 
 from __future__ import annotations
@@ -44,11 +44,12 @@ class GaussianLayer(nn.Module):
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters, same checkpoint keys) through ``ops.linear``: on the CPU in bf16 inference,
-    oneDNN's GEMM with the bias fused in and the weight packed once; ``F.linear`` everywhere else."""
+    """``nn.Linear`` (same parameters, same checkpoint keys) through ``ops.linear``: ``residual + act(x W^T + b)``,
+    on the CPU in bf16 inference one AMX (or oneDNN) GEMM with the epilogue fused; ``F.linear`` everywhere else."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.linear(x, self.weight, self.bias)
+    def forward(self, x: torch.Tensor, *, activation: str | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        return ops.linear(x, self.weight, self.bias, activation=activation, residual=residual)
 
 
 class NonLinearHead(nn.Module):
@@ -75,8 +76,10 @@ class SelfMultiheadAttention(nn.Module):
         self.in_proj = Linear(embed_dim, 3 * embed_dim)  # rows q | k | v
         self.out_proj = Linear(embed_dim, embed_dim)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor, **attn_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        # x: [B, N, C] (padded) or [T, C] (packed, with cu_seqlens in attn_kwargs)
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None = None,
+                **attn_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        # x: [B, N, C] (padded) or [T, C] (packed, with cu_seqlens in attn_kwargs); residual (like x) is added to
+        # the output in out_proj's epilogue
         qkv = self.in_proj(x).unflatten(-1, (3, self.num_heads, self.head_dim))  # [B, N, 3, H, D]
         q, k, v = qkv.unbind(-3)  # each [B, N, H, D]
         packed = x.dim() == 2
@@ -86,7 +89,7 @@ class SelfMultiheadAttention(nn.Module):
                                           dropout_p=self.dropout if self.training else 0.0, **attn_kwargs)
         if not packed:
             out = out.transpose(1, 2)  # [B, N, H, D]
-        return self.out_proj(out.flatten(-2)), logits  # [B, N, C], logits like bias
+        return self.out_proj(out.flatten(-2), residual=residual), logits  # [B, N, C], logits like bias
 
 
 class TransformerEncoderLayer(nn.Module):
@@ -103,12 +106,17 @@ class TransformerEncoderLayer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor, **attn_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        h, logits = self.self_attn(self.self_attn_layer_norm(x), bias, **attn_kwargs)
-        x = x + F.dropout(h, self.dropout, self.training)
-        h = F.gelu(self.fc1(self.final_layer_norm(x)))
-        h = self.fc2(F.dropout(h, self.activation_dropout, self.training))
-        x = x + F.dropout(h, self.dropout, self.training)
-        return x, logits  # the logits are the next layer's bias
+        if self.training:  # a dropout between each projection and its residual add
+            h, logits = self.self_attn(self.self_attn_layer_norm(x), bias, **attn_kwargs)
+            x = x + F.dropout(h, self.dropout, True)
+            h = F.dropout(F.gelu(self.fc1(self.final_layer_norm(x))), self.activation_dropout, True)
+            return x + F.dropout(self.fc2(h), self.dropout, True), logits  # the logits are the next layer's bias
+        x, logits = self.self_attn(self.self_attn_layer_norm(x), bias, residual=x, **attn_kwargs)
+        return self.feed_forward(x), logits
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval: x + fc2(gelu(fc1(LN(x)))), the GELU and the add in the projections' epilogues (``ops.linear``)."""
+        return self.fc2(self.fc1(self.final_layer_norm(x), activation="gelu"), residual=x)
 
 
 class TransformerEncoderWithPair(nn.Module):
@@ -157,8 +165,7 @@ class TransformerEncoderWithPair(nn.Module):
             out = ops.low_rank_pair_attention(q_cat, k_cat, v, bias0, **attn_kwargs)
             if not packed:
                 out = out.transpose(1, 2)  # [B, N, H, D]
-            x = x + attn.out_proj(out.flatten(-2))
-            x = x + layer.fc2(F.gelu(layer.fc1(layer.final_layer_norm(x))))  # eval: every dropout is off
+            x = layer.feed_forward(attn.out_proj(out.flatten(-2), residual=x))  # eval: every dropout is off
         return self.final_layer_norm(x)
 
 
