@@ -125,7 +125,8 @@ struct Pending {
   int64_t m = 0, n = 0, rows = 0;
 };
 
-// One thread's share: task t of (column panel p, row chunk c) pairs, t = thread, thread + threads, ...
+// One thread's share: task t of (column panel p, row chunk c) pairs, t = thread, thread + threads, ...; within a
+// panel, sub-panels of columns whose weights stay in L2 while every 32-row block of x passes them.
 // Software-pipelined: block i's epilogue (AVX-512) runs a few rows per K step of block i + 1's tile products, so the
 // vector units work while the tile unit does, and no vector load waits on the tile store just before it.
 MOLM_AMX void amx_worker(const Problem& P, int thread, int threads) {
@@ -133,6 +134,8 @@ MOLM_AMX void amx_worker(const Problem& P, int thread, int threads) {
   const int64_t panels = std::min<int64_t>(threads, col_blocks);
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(row_blocks, threads / panels));
   const int64_t rows_per_step = (32 + K / 32 - 1) / (K / 32);  // epilogue rows of the pending block per K step
+  // columns whose weights (K x 2 bytes each) fill ~1 MB, half the L2 of an AMX core: x's rows stream past them
+  const int64_t sub_panel = std::max<int64_t>(32, (int64_t{1} << 20) / (2 * K) / 32 * 32);
   TileConfig cfg;
   for (int t = 0; t < 8; ++t) cfg.colsb[t] = 64, cfg.rows[t] = 16;  // every tile: 16 rows x 64 bytes
   _tile_loadconfig(&cfg);
@@ -144,39 +147,41 @@ MOLM_AMX void amx_worker(const Problem& P, int thread, int threads) {
     const int64_t p = task / chunks, c = task % chunks;
     const int64_t n0 = col_blocks * p / panels * 32, n1 = col_blocks * (p + 1) / panels * 32;
     const int64_t m0 = row_blocks * c / chunks * 32, m1 = std::min(P.M, row_blocks * (c + 1) / chunks * 32);
-    for (int64_t m = m0; m < m1; m += 32) {
-      const int64_t rows = std::min<int64_t>(32, m1 - m);
-      const uint16_t* a = P.x + m * K;
-      if (rows < 32) {
-        tail.assign(32 * K, 0);
-        std::memcpy(tail.data(), a, rows * K * sizeof(uint16_t));
-        a = tail.data();
-      }
-      for (int64_t n = n0; n < n1; n += 32) {
-        const uint16_t* b0 = P.w + n / 16 * (K / 2) * 32;  // columns n .. n+15, then n+16 .. n+31
-        const uint16_t* b1 = b0 + (K / 2) * 32;
-        const float* prev = acc[cur ^ 1];
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (int64_t k = 0, r = 0; k < K; k += 32, r += rows_per_step) {
-          _tile_loadd(4, a + k, K * 2);
-          _tile_loadd(5, a + 16 * K + k, K * 2);
-          _tile_loadd(6, b0 + k * 16, 64);
-          _tile_loadd(7, b1 + k * 16, 64);
-          _tile_dpbf16ps(0, 4, 6);
-          _tile_dpbf16ps(1, 4, 7);
-          _tile_dpbf16ps(2, 5, 6);
-          _tile_dpbf16ps(3, 5, 7);
-          if (r < pending.rows) epilogue(P, prev, pending.m, pending.n, r, std::min(r + rows_per_step, pending.rows));
+    for (int64_t s0 = n0, s1 = std::min(n1, n0 + sub_panel); s0 < n1; s0 = s1, s1 = std::min(n1, s1 + sub_panel)) {
+      for (int64_t m = m0; m < m1; m += 32) {
+        const int64_t rows = std::min<int64_t>(32, m1 - m);
+        const uint16_t* a = P.x + m * K;
+        if (rows < 32) {
+          tail.assign(32 * K, 0);
+          std::memcpy(tail.data(), a, rows * K * sizeof(uint16_t));
+          a = tail.data();
         }
-        _tile_stored(0, acc[cur], 128);
-        _tile_stored(1, acc[cur] + 16, 128);
-        _tile_stored(2, acc[cur] + 16 * 32, 128);
-        _tile_stored(3, acc[cur] + 16 * 32 + 16, 128);
-        pending = Pending{m, n, rows};
-        cur ^= 1;
+        for (int64_t n = s0; n < s1; n += 32) {
+          const uint16_t* b0 = P.w + n / 16 * (K / 2) * 32;  // columns n .. n+15, then n+16 .. n+31
+          const uint16_t* b1 = b0 + (K / 2) * 32;
+          const float* prev = acc[cur ^ 1];
+          _tile_zero(0);
+          _tile_zero(1);
+          _tile_zero(2);
+          _tile_zero(3);
+          for (int64_t k = 0, r = 0; k < K; k += 32, r += rows_per_step) {
+            _tile_loadd(4, a + k, K * 2);
+            _tile_loadd(5, a + 16 * K + k, K * 2);
+            _tile_loadd(6, b0 + k * 16, 64);
+            _tile_loadd(7, b1 + k * 16, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+            if (r < pending.rows) epilogue(P, prev, pending.m, pending.n, r, std::min(r + rows_per_step, pending.rows));
+          }
+          _tile_stored(0, acc[cur], 128);
+          _tile_stored(1, acc[cur] + 16, 128);
+          _tile_stored(2, acc[cur] + 16 * 32, 128);
+          _tile_stored(3, acc[cur] + 16 * 32 + 16, 128);
+          pending = Pending{m, n, rows};
+          cur ^= 1;
+        }
       }
     }
   }

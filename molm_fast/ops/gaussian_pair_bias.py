@@ -183,7 +183,7 @@ def _forward_cpp_bf16(coords, tokens, params, cu_seqlens, num_types, pad_idx):
         lib.gaussian_pair_bias_basis_cpu(xyz.data_ptr(), tok.data_ptr(), _ptr(cu), _ptr(cu_pairs),
                                          *(p.data_ptr() for p in flat[:4]), g.data_ptr(), B, N, tok.numel(), t0, t1,
                                          K, num_types, pad_idx)
-        y = linear(F.gelu(linear(g, w1, b1)), w2, b2)  # [P, H] bf16 (ops.linear: bias fused, weights packed once)
+        y = linear(linear(g, w1, b1, activation="gelu"), w2, b2)  # [P, H] bf16 (ops.linear: GELU fused, packed weights)
         lib.gaussian_pair_bias_scatter_cpu(y.data_ptr(), tok.data_ptr(), _ptr(cu), _ptr(cu_pairs), out.data_ptr(),
                                            B, N, tok.numel(), t0, t1, H, pad_idx)
     return out
