@@ -27,8 +27,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # The goals' kernels and models first (performance.md §9.2); the foundation's pairwise_distance last.
-PRIORITY = ["gaussian_pair_bias", "pair_bias_attention", "qformer_cross_attention", "encoder", "embed", "qformer",
-            "generate", "training", "data", "pairwise_distance"]
+PRIORITY = ["gaussian_pair_bias", "pair_bias_attention", "qformer_cross_attention", "linear", "encoder", "embed",
+            "qformer", "generate", "training", "data", "pairwise_distance"]
 
 
 def discover(only: list[str] | None) -> list[str]:

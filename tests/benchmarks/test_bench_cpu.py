@@ -90,3 +90,24 @@ def test_pair_bias_attention_cpu_paths(benchmark, provider):
         ref_logits = torch.cat([ref_logits[b, :, :n, :n].reshape(-1) for b, n in enumerate(ns)])
     assert_close_to_reference(out, ref_out, name=f"{provider} out")
     assert_close_to_reference(logits, ref_logits, name=f"{provider} logits")
+
+
+@pytest.mark.parametrize("provider", ["reference_compiled", "molm_fast:cpp", "molm_fast:cpp[onednn]"])
+def test_linear_cpu_paths(provider):
+    """Every bench_linear provider computes the same fused projection as the reference (fc1 + GELU, fc2 + residual)."""
+    from benchmarks import bench_linear as bench
+    from molm_fast.ops.linear import cpu_has_bf16_gemm
+
+    if "cpp" not in harness.molm_backends(bench.OP, torch.device("cpu")) or not cpu_has_bf16_gemm():
+        pytest.skip("bench_linear runs only with the cpp backend on a CPU with bf16 GEMMs")
+    for layer in ("fc1", "fc2"):
+        K, N, activation, residual = bench.LAYERS[layer]
+        args = bench._inputs(37, K, N, activation, residual, torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            out = {"reference_compiled": torch.compile(bench._reference, dynamic=False),
+                   "molm_fast:cpp": harness.with_backend(bench._fused, "cpp"),
+                   "molm_fast:cpp[onednn]": harness.with_backend(bench._onednn, "cpp")}[provider](*args)
+        x, w, b, _, r = args
+        ref = torch.nn.functional.linear(x.double(), w.double(), b.double())
+        ref = torch.nn.functional.gelu(ref) if activation else ref
+        assert_close_to_reference(out, (ref if r is None else ref + r.double()).float(), name=f"{provider} {layer}")
