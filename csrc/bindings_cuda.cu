@@ -29,6 +29,15 @@ PYBIND11_MODULE(_C_cuda, m) {
         py::arg("cu_seqlens"), py::arg("cu_pairs"), py::arg("B"), py::arg("H"), py::arg("N"), py::arg("D"),
         py::arg("strides"), py::arg("scale"), py::arg("dropout_p"), py::arg("seed"), py::arg("dtype"),
         py::arg("stream"));
+  m.def("pair_bias_attention_backward_cuda", &molm_fast::pair_bias_attention_backward_cuda,
+        "Backward of pair_bias_attention_forward_cuda from the saved LSE (p recomputed, Philox mask regenerated): "
+        "dq, dk, dv and dbias = dlogits (+ grad_logits, 0 when none); a rows kernel (dbias, dq) and a keys kernel "
+        "(dk, dv), deterministic; head dim 8, N <= 512; strides: 4 each for q, k, v, out, bias, grad_out, dq, dk, dv.",
+        py::arg("grad_out"), py::arg("grad_logits"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("bias"),
+        py::arg("out"), py::arg("lse"), py::arg("dq"), py::arg("dk"), py::arg("dv"), py::arg("dbias"),
+        py::arg("cu_seqlens"), py::arg("cu_pairs"), py::arg("B"), py::arg("H"), py::arg("N"), py::arg("D"),
+        py::arg("strides"), py::arg("scale"), py::arg("dropout_p"), py::arg("seed"), py::arg("dtype"),
+        py::arg("stream"));
   m.def("pairwise_distance_forward_cuda", &molm_fast::pairwise_distance_forward_cuda,
         "out[b,i,j] = |x[b,i]-x[b,j]| for coords [B,N,3] (float32/float64) on the GPU; stream is a cudaStream_t int.",
         py::arg("coords"), py::arg("out"), py::arg("B"), py::arg("N"), py::arg("sxb"), py::arg("sxn"), py::arg("sxc"),

@@ -27,6 +27,12 @@ void pair_bias_attention_forward_cuda(uintptr_t q, uintptr_t k, uintptr_t v, uin
                                       int64_t B, int64_t H, int64_t N, int64_t D,
                                       const std::vector<int64_t>& strides, double scale, double dropout_p,
                                       uint64_t seed, int dtype, uintptr_t stream);
+void pair_bias_attention_backward_cuda(uintptr_t grad_out, uintptr_t grad_logits, uintptr_t q, uintptr_t k,
+                                       uintptr_t v, uintptr_t bias, uintptr_t out, uintptr_t lse, uintptr_t dq,
+                                       uintptr_t dk, uintptr_t dv, uintptr_t dbias, uintptr_t cu_seqlens,
+                                       uintptr_t cu_pairs, int64_t B, int64_t H, int64_t N, int64_t D,
+                                       const std::vector<int64_t>& strides, double scale, double dropout_p,
+                                       uint64_t seed, int dtype, uintptr_t stream);
 
 // pairwise_distance.cu
 void pairwise_distance_forward_cuda(uintptr_t coords, uintptr_t out, int64_t B, int64_t N, int64_t sxb, int64_t sxn,

@@ -175,84 +175,93 @@ def _native_sizes(q: torch.Tensor, cu_seqlens, max_seqlen: int) -> tuple[int, in
     return cu_seqlens.numel() - 1, q.shape[1], max_seqlen, q.shape[2]
 
 
-def _forward_cpp(q, k, v, bias, scale, dropout_p, seed, cu_seqlens, max_seqlen):
+def _forward_native(q, k, v, bias, packed):
+    """What the native forward entries take: (q, k, v, bias) with a contiguous last dim (a packed bias contiguous),
+    the new (out, logits, lse), and the strides of q, k, v, out, bias."""
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-    packed = cu_seqlens is not None
     bias = bias.contiguous() if packed else bias
-    out, logits, lse = _new_out(q, packed), bias.new_empty(bias.shape), _new_lse(q, packed)
-    strides = sum((_strides(t, packed) for t in (q, k, v, out, bias)), [])
+    outputs = _new_out(q, packed), bias.new_empty(bias.shape), _new_lse(q, packed)
+    strides = sum((_strides(t, packed) for t in (q, k, v, outputs[0], bias)), [])
+    return (q, k, v, bias), outputs, strides
+
+
+def _forward_cpp(q, k, v, bias, scale, dropout_p, seed, cu_seqlens, max_seqlen):
+    inputs, outputs, strides = _forward_native(q, k, v, bias, cu_seqlens is not None)
     _backend.load_module("cpp").pair_bias_attention_forward_cpu(
-        q.data_ptr(), k.data_ptr(), v.data_ptr(), bias.data_ptr(), out.data_ptr(), logits.data_ptr(), lse.data_ptr(),
-        cu_seqlens.data_ptr() if packed else 0, *_native_sizes(q, cu_seqlens, max_seqlen), v.shape[-1], strides,
+        *_ptrs(*inputs, *outputs, cu_seqlens), *_native_sizes(q, cu_seqlens, max_seqlen), v.shape[-1], strides,
         scale, dropout_p, seed, _backend.dtype_code(q))
-    return out, logits, lse
+    return outputs
+
+
+def _backward_native(grad_out, grad_logits, q, k, v, bias, out, packed):
+    """What the native backward entries take: (grad_out, grad_logits, q, k, v, bias, out) with a contiguous last dim
+    (grad_logits, and a packed bias, contiguous), the new (dq, dk, dv, dbias), and the strides of q, k, v, out, bias,
+    grad_out, dq, dk, dv."""
+    grad_out, q, k, v, out = (_last_dim_contiguous(t) for t in (grad_out, q, k, v, out))
+    grad_logits = None if grad_logits is None else grad_logits.contiguous()
+    bias = bias.contiguous() if packed else bias
+    grads = _new_out(q, packed), _new_out(k, packed), _new_out(v, packed), bias.new_empty(bias.shape)
+    strides = sum((_strides(t, packed) for t in (q, k, v, out, bias, grad_out, *grads[:3])), [])
+    return (grad_out, grad_logits, q, k, v, bias, out), grads, strides
+
+
+def _ptrs(*tensors) -> list[int]:
+    return [0 if t is None else t.data_ptr() for t in tensors]
 
 
 def _backward_cpp(grad_out, grad_logits, q, k, v, bias, out, lse, scale, dropout_p, seed, cu_seqlens,
                   max_seqlen):
-    q, k, v, grad_out = (_last_dim_contiguous(t) for t in (q, k, v, grad_out))
-    grad_logits = None if grad_logits is None else grad_logits.contiguous()
-    packed = cu_seqlens is not None
-    bias = bias.contiguous() if packed else bias
-    dq, dk, dv, dbias = _new_out(q, packed), _new_out(k, packed), _new_out(v, packed), bias.new_empty(bias.shape)
-    strides = sum((_strides(t, packed) for t in (q, k, v, out, bias, grad_out, dq, dk, dv)), [])
+    inputs, grads, strides = _backward_native(grad_out, grad_logits, q, k, v, bias, out, cu_seqlens is not None)
     _backend.load_module("cpp").pair_bias_attention_backward_cpu(
-        grad_out.data_ptr(), 0 if grad_logits is None else grad_logits.data_ptr(), q.data_ptr(), k.data_ptr(),
-        v.data_ptr(), bias.data_ptr(), out.data_ptr(), lse.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
-        dbias.data_ptr(), cu_seqlens.data_ptr() if packed else 0, *_native_sizes(q, cu_seqlens, max_seqlen), strides,
-        scale, dropout_p, seed, _backend.dtype_code(q))
-    return dq, dk, dv, dbias
+        *_ptrs(*inputs, lse, *grads, cu_seqlens), *_native_sizes(q, cu_seqlens, max_seqlen), strides, scale,
+        dropout_p, seed, _backend.dtype_code(q))
+    return grads
 
 
 def _forward_triton(q, k, v, bias, scale, dropout_p, seed, cu_seqlens, max_seqlen):
     from molm_fast.kernels.pair_bias_attention import pair_bias_attention_forward_triton
 
-    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-    packed = cu_seqlens is not None
-    out, logits, lse = _new_out(q, packed), bias.new_empty(bias.shape), _new_lse(q, packed)
-    pair_bias_attention_forward_triton(q, k, v, bias.contiguous() if packed else bias, out, logits, lse, scale,
-                                       dropout_p, seed, cu_seqlens, max_seqlen)
-    return out, logits, lse
+    inputs, outputs, _ = _forward_native(q, k, v, bias, cu_seqlens is not None)
+    pair_bias_attention_forward_triton(*inputs, *outputs, scale, dropout_p, seed, cu_seqlens, max_seqlen)
+    return outputs
 
 
 def _backward_triton(grad_out, grad_logits, q, k, v, bias, out, lse, scale, dropout_p, seed, cu_seqlens,
                      max_seqlen):
     from molm_fast.kernels.pair_bias_attention import pair_bias_attention_backward_triton
 
-    q, k, v, grad_out = (_last_dim_contiguous(t) for t in (q, k, v, grad_out))
-    packed = cu_seqlens is not None
-    bias = bias.contiguous() if packed else bias
-    dq, dk, dv, dbias = _new_out(q, packed), _new_out(k, packed), _new_out(v, packed), bias.new_empty(bias.shape)
-    pair_bias_attention_backward_triton(grad_out, None if grad_logits is None else grad_logits.contiguous(), q, k, v,
-                                        bias, out, lse, dq, dk, dv, dbias, scale, dropout_p, seed, cu_seqlens,
-                                        max_seqlen)
-    return dq, dk, dv, dbias
+    inputs, grads, _ = _backward_native(grad_out, grad_logits, q, k, v, bias, out, cu_seqlens is not None)
+    pair_bias_attention_backward_triton(*inputs, lse, *grads, scale, dropout_p, seed, cu_seqlens, max_seqlen)
+    return grads
+
+
+def _cu_pairs(cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """[B + 1] int64 offsets of the pair blocks (exclusive cumsum of n_b^2), made on the device: no host sync."""
+    cu_pairs = torch.zeros(cu_seqlens.numel(), dtype=torch.int64, device=cu_seqlens.device)
+    cu_pairs[1:] = (cu_seqlens.diff().long() ** 2).cumsum(0)
+    return cu_pairs
 
 
 def _forward_cuda(q, k, v, bias, scale, dropout_p, seed, cu_seqlens, max_seqlen):
-    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-    packed = cu_seqlens is not None
-    bias = bias.contiguous() if packed else bias
-    out, logits, lse = _new_out(q, packed), bias.new_empty(bias.shape), _new_lse(q, packed)
-    cu_pairs = None
-    if packed:
-        cu_pairs = torch.zeros(cu_seqlens.numel(), dtype=torch.int64, device=q.device)
-        cu_pairs[1:] = (cu_seqlens.diff().long() ** 2).cumsum(0)  # [B + 1] pair-block offsets, no host sync
-    strides = sum((_strides(t, packed) for t in (q, k, v, out, bias)), [])
+    inputs, outputs, strides = _forward_native(q, k, v, bias, cu_seqlens is not None)
+    cu_pairs = None if cu_seqlens is None else _cu_pairs(cu_seqlens)  # held until the launch is queued
     _backend.load_module("cuda").pair_bias_attention_forward_cuda(
-        q.data_ptr(), k.data_ptr(), v.data_ptr(), bias.data_ptr(), out.data_ptr(), logits.data_ptr(), lse.data_ptr(),
-        cu_seqlens.data_ptr() if packed else 0, cu_pairs.data_ptr() if packed else 0,
-        *_native_sizes(q, cu_seqlens, max_seqlen), strides, scale, dropout_p, seed, _backend.dtype_code(q),
-        _backend.cuda_stream(q.device))
-    return out, logits, lse
+        *_ptrs(*inputs, *outputs, cu_seqlens, cu_pairs), *_native_sizes(q, cu_seqlens, max_seqlen), strides, scale,
+        dropout_p, seed, _backend.dtype_code(q), _backend.cuda_stream(q.device))
+    return outputs
 
 
-def _backward_cuda(*args):
-    """The CUDA backend has a forward kernel only; its backward is the Triton kernel (the same p recomputation from
-    bias + LSE, the same Philox mask), or the reference backward where Triton is missing."""
-    if _backend.unavailable_reason("triton", args[2].device) is None:
-        return _backward_triton(*args)
-    return _backward_reference(*args)
+def _backward_cuda(grad_out, grad_logits, q, k, v, bias, out, lse, scale, dropout_p, seed, cu_seqlens,
+                   max_seqlen):
+    """Two deterministic kernels (csrc/pair_bias_attention.cu): one over query rows (dbias, dq), one over keys
+    (dk, dv, summed over rows in a fixed order); both recompute p from q, k, bias and the LSE and regenerate the
+    Philox mask, as the C++ and Triton backwards do."""
+    inputs, grads, strides = _backward_native(grad_out, grad_logits, q, k, v, bias, out, cu_seqlens is not None)
+    cu_pairs = None if cu_seqlens is None else _cu_pairs(cu_seqlens)  # held until the launches are queued
+    _backend.load_module("cuda").pair_bias_attention_backward_cuda(
+        *_ptrs(*inputs, lse, *grads, cu_seqlens, cu_pairs), *_native_sizes(q, cu_seqlens, max_seqlen), strides,
+        scale, dropout_p, seed, _backend.dtype_code(q), _backend.cuda_stream(q.device))
+    return grads
 
 
 _FORWARD = {"reference": _forward_reference, "cpp": _forward_cpp, "triton": _forward_triton, "cuda": _forward_cuda}

@@ -120,15 +120,38 @@ def test_contiguous_inputs_and_strided_bias(backend):
     _check_against_reference(backend, q, k, v, bias)
 
 
+def _check_fully_masked(backend, device="cpu", dtype=torch.float32):
+    """Rows and whole molecules whose keys are all -inf, padded and packed, with dropout: out = 0 there and the
+    gradients from out alone are exactly 0 there (p = 0, never NaN); with a gradient on the logits too, it reaches
+    dq, dk and dbias as for any logit (checked against the reference)."""
+    seed = int(torch.randint(0, 2**62, ()).item())
+    q, k, v, bias = _padded_inputs(3, 9, dtype=dtype, device=device, masked_row=True)
+    bias[1] = float("-inf")  # a whole molecule with no keys
+    pq, pk, pv, pbias, cu, max_seqlen = _packed_inputs([4, 6, 3], dtype=dtype, device=device)
+    pbias[4 * 16:4 * (16 + 36)] = float("-inf")  # molecule 1's [H, 6, 6] block
+    for args, masked in (((q, k, v, bias, None, 9), (1, slice(None))), ((pq, pk, pv, pbias, cu, max_seqlen),
+                                                                         (slice(4, 10), slice(4 * 16, 4 * 52)))):
+        leaves = [t.detach().requires_grad_() for t in args[:4]]
+        with use_backend(**{OP: backend}):
+            out, logits, _ = torch.ops.molm_fast.pair_bias_attention(*leaves, SCALE, 0.2, seed, *args[4:])
+            grads = torch.autograd.grad(out, leaves, torch.randn_like(out))
+        tokens, pairs = masked
+        assert torch.equal(out[tokens], torch.zeros_like(out[tokens])), "rows with no key must give out = 0"
+        assert torch.isneginf(logits[tokens if args[4] is None else pairs]).all()
+        for name, g in zip(("dq", "dk", "dv", "dbias"), grads):
+            assert torch.isfinite(g).all(), f"{backend} {name} has non-finite values"
+            part = g[pairs] if name == "dbias" and args[4] is not None else g[tokens]
+            assert torch.equal(part, torch.zeros_like(part)), f"{backend} {name} of masked rows must be 0"
+        if args[4] is None:
+            row = (0, 3, 4)  # _padded_inputs' masked row (b 0, head H - 1, row N // 2)
+            assert torch.equal(grads[0][row], torch.zeros_like(grads[0][row])) and not grads[3][row].any()
+        _check_against_reference(backend, *args[:4], dropout_p=0.2, seed=seed, cu=args[4], max_seqlen=args[5],
+                                 dtype=dtype)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_fully_masked_rows_give_zero_not_nan(backend):
-    q, k, v, bias = _padded_inputs(2, 7)
-    bias[1] = float("-inf")  # a whole molecule with no keys
-    with use_backend(**{OP: backend}):
-        out, logits = pair_bias_attention(q, k, v, bias, scale=SCALE)
-    assert torch.equal(out[1], torch.zeros_like(out[1])), "rows with no key must give out = 0"
-    assert torch.isneginf(logits[1]).all()
-    _check_against_reference(backend, q, k, v, bias)
+    _check_fully_masked(backend)
 
 
 @pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="the C++ backend is not built")
@@ -235,7 +258,7 @@ def test_gpu_padded_matches_reference(backend, B, N, dtype):
     if backend not in backends_for(OP, "cuda"):
         pytest.skip(f"{backend} is not built/available for {OP} on this machine")
     _check_against_reference(backend, *_padded_inputs(B, N, H=64, dtype=dtype, device="cuda", masked_row=True),
-                             dtype=dtype, check_grads=backend == "triton" or dtype == torch.float32)
+                             dtype=dtype)
 
 
 @pytest.mark.gpu
@@ -246,3 +269,28 @@ def test_gpu_packed_and_dropout(backend):
     q, k, v, bias, cu, max_seqlen = _packed_inputs([1, 27, 258, 3, 64, 0, 130], H=64, device="cuda")
     _check_against_reference(backend, q, k, v, bias, cu=cu, max_seqlen=max_seqlen)
     _check_against_reference(backend, q, k, v, bias, cu=cu, max_seqlen=max_seqlen, dropout_p=0.1, seed=12345)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_fully_masked_rows_and_grad_logits(backend, dtype):
+    if backend not in backends_for(OP, "cuda"):
+        pytest.skip(f"{backend} is not built/available for {OP} on this machine")
+    _check_fully_masked(backend, device="cuda", dtype=dtype)
+
+
+def test_cuda_entries_check_before_launch():
+    """The CUDA entries reject what their kernels are not built for before touching the GPU (runs without one)."""
+    cuda = pytest.importorskip("molm_fast._C_cuda", reason="the CUDA module is not built")
+    f32 = 0
+    strides = [0, 0, 0, 1] * 9
+    with pytest.raises(ValueError, match="pair_bias_attention_backward_cuda: the CUDA kernel is built for head dim 8"):
+        cuda.pair_bias_attention_backward_cuda(*[1] * 14, 2, 4, 9, 16, strides, SCALE, 0.0, 0, f32, 0)
+    with pytest.raises(ValueError, match="strides must hold 4 for each of the 9 token tensors, got 20"):
+        cuda.pair_bias_attention_backward_cuda(*[1] * 14, 2, 4, 9, 8, [0] * 20, SCALE, 0.0, 0, f32, 0)
+    with pytest.raises(ValueError, match="dq must not be a null pointer"):
+        cuda.pair_bias_attention_backward_cuda(*[1] * 8, 0, *[1] * 5, 2, 4, 9, 8, strides, SCALE, 0.0, 0, f32, 0)
+    with pytest.raises(ValueError, match="N \\(max_seqlen\\) must be <= 512"):
+        cuda.pair_bias_attention_forward_cuda(*[1] * 9, 2, 4, 513, 8, [0] * 20, SCALE, 0.0, 0, f32, 0)
+    cuda.pair_bias_attention_backward_cuda(*[0] * 14, 0, 4, 9, 8, strides, SCALE, 0.0, 0, f32, 0)  # empty: no launch
