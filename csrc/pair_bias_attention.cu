@@ -119,7 +119,8 @@ __device__ inline RowBlock<S> row_block(const T* k, const T* v, const AttnLayout
   return R;
 }
 
-// The forward's logit of (row i, key j): the same expression, so the backward recomputes it exactly.
+// The logit of (row i, key j); the forward and both backward kernels call this one function, so the backward's p
+// is recomputed from the same arithmetic as the forward's LSE.
 template <typename S> __device__ inline S logit(const S* qs, const S* kj, S bias_ij) {
   S acc = 0;
 #pragma unroll
