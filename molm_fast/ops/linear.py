@@ -13,7 +13,10 @@ Backends: ``reference`` is that sequence. ``cpp`` (CPU, bf16, no gradient needed
     the output first and re-packs the plain weight on every call; then GELU and the add as in the reference.
 Same math on every path: fp32 accumulation, bias added in fp32, one rounding to bf16 per step. Everything else
 (autograd, fp32, other devices) takes the reference. Packed weights are cached per weight tensor and redone when
-the weight changes in place.
+the weight changes in place through PyTorch's version counter (``copy_``, ``mul_``, ``load_state_dict``, an
+optimizer step). Two kinds of write bypass that counter and are not seen: writes through ``weight.data`` and
+in-place changes of inference tensors (made under ``torch.inference_mode``); after either, call
+``clear_packed_weights()``.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ _PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()  # weight -> {layout: (data
 
 def _packed_weight(weight: torch.Tensor, layout: str) -> torch.Tensor:
     """``weight`` in ``layout`` ("amx": csrc/linear_cpu.cpp's VNNI order, "onednn": oneDNN's blocked one), cached."""
-    version = 0 if weight.is_inference() else weight._version  # inference tensors cannot change in place later
+    version = 0 if weight.is_inference() else weight._version  # inference tensors have no version counter
     cache = _PACKED.setdefault(weight, {})
     hit = cache.get(layout)
     if hit is not None and hit[0] == weight.data_ptr() and hit[1] == version:
@@ -60,6 +63,11 @@ def _packed_weight(weight: torch.Tensor, layout: str) -> torch.Tensor:
         packed = torch.ops.mkldnn._reorder_linear_weight(w)
     cache[layout] = (weight.data_ptr(), version, packed)
     return packed
+
+
+def clear_packed_weights() -> None:
+    """Drop every cached packed weight (after writes the cache cannot see: module docstring)."""
+    _PACKED.clear()
 
 
 @functools.cache

@@ -109,6 +109,21 @@ def test_weight_updated_in_place_is_repacked(backend, K, N):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_clear_packed_weights_after_a_write_through_data(backend):
+    """A write through .data bypasses the version counter the cache keys on; after clear_packed_weights() the next
+    call uses the current weight (the documented contract)."""
+    x = torch.randn(9, 64).bfloat16()
+    layer = torch.nn.Linear(64, 64).bfloat16()
+    with use_backend(**{OP: backend}), torch.inference_mode():
+        linear(x, layer.weight, layer.bias)
+        layer.weight.data.mul_(-2)
+        mod.clear_packed_weights()
+        out = linear(x, layer.weight, layer.bias)
+    ref = torch.nn.functional.linear(x.double(), layer.weight.double(), layer.bias.double())
+    assert_close_to_reference(out, ref.float())
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_autograd_takes_the_reference(backend):
     x = torch.randn(5, 32, dtype=torch.bfloat16, requires_grad=True)
     layer = torch.nn.Linear(32, 64).bfloat16()
