@@ -4,7 +4,10 @@ caches following in-place weight updates, thread-count independence, and autogra
 
 from __future__ import annotations
 
+import ctypes
 import importlib
+import math
+import mmap
 
 import pytest
 import torch
@@ -89,6 +92,43 @@ def test_amx_same_bits_for_any_thread_count():
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(outs[0], o) for o in outs[1:])
+
+
+def _guarded(shape, at_end: bool, keep: list) -> torch.Tensor:
+    """A bf16 tensor flush against an unreadable page (after its end or before its start): a read past it faults."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype, libc.mmap.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                                                              ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    page, nbytes = mmap.PAGESIZE, 2 * math.prod(shape)
+    pages = -(-nbytes // page) + 2
+    base = libc.mmap(None, pages * page, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+    assert base not in (None, ctypes.c_void_p(-1).value)
+    assert libc.mprotect(ctypes.c_void_p(base), page, 0) == 0
+    assert libc.mprotect(ctypes.c_void_p(base + (pages - 1) * page), page, 0) == 0
+    start = base + (pages - 1) * page - nbytes if at_end else base + page
+    keep.append((libc, base, pages * page))
+    buf = (ctypes.c_uint8 * nbytes).from_address(start)
+    t = torch.frombuffer(buf, dtype=torch.bfloat16, count=math.prod(shape)).view(shape)
+    t.copy_(torch.randn(shape))
+    return t
+
+
+@pytest.mark.skipif(not _amx(), reason="needs a CPU with AMX-BF16 and the OS's tile permission (Intel Xeon 4th gen+)")
+@pytest.mark.parametrize("at_end", [True, False])
+@pytest.mark.parametrize("M,K,N", [(1, 32, 32), (17, 64, 96), (33, 128, 64), (100, 2048, 512)])
+def test_amx_reads_nothing_past_its_inputs(M, K, N, at_end):
+    """Tile loads are not checked by sanitizers: every input here sits against an unreadable page instead, so a
+    tile read past x, the bias or the residual would crash the test; the result must still be right."""
+    keep: list = []
+    try:
+        x, r = _guarded((M, K), at_end, keep), _guarded((M, N), at_end, keep)
+        w, b = (torch.randn(N, K) / K**0.5).bfloat16(), _guarded((N,), at_end, keep)
+        with torch.inference_mode(), use_backend(**{OP: "cpp"}):
+            out = linear(x, w, b, activation="gelu", residual=r)
+        assert_close_to_reference(out, _ref64(x, w, b, "gelu", r).float())
+    finally:
+        for libc, base, size in keep:
+            libc.munmap(ctypes.c_void_p(base), ctypes.c_size_t(size))
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
