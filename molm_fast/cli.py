@@ -269,7 +269,7 @@ def cmd_eval(args) -> int:
 def cmd_demo(args) -> int:
     from molm_fast.inference.demo import run_demo
 
-    return run_demo(args.output, quick=args.quick)
+    return run_demo(args.output, quick=args.quick, seed=args.seed, threads=args.threads)
 
 
 def cmd_bench(args) -> int:
@@ -307,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train the tiny model on the bundled ChEBI-20 subset and use it (CPU, minutes)")
     p.add_argument("--output", default="molm-fast-demo", help="where the model and reports go")
     p.add_argument("--quick", action="store_true", help="a smaller, faster run (tests)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (model init, batch order)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on busy cores)")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("caption", help="describe molecules (JSONL)")
     _common(p, output_help="JSONL, one record per input item")

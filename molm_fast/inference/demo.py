@@ -1,10 +1,14 @@
 """``molm-fast demo``: the whole system on built-in defaults, offline, in minutes on a laptop CPU.
 
-1. Data: the bundled ChEBI-20 subset (``molm_fast/assets``, 500 molecule-text pairs; see its README for source and
-   licence), split into training pairs and held-out pairs.
-2. Conformers: RDKit ETKDGv3 + MMFF (seeded), cached in ``DIR/conformers.sqlite``.
-3. Stage 1 (Q-Former: contrastive + matching + captioning losses) of the ``tiny`` model, then in-batch retrieval on
-   the held-out pairs against chance.
+1. Data: the bundled ChEBI-20 pairs (``molm_fast/assets``; see its README for source, licence and selection):
+   2,010 training pairs from the validation split (the smoke test's, tests/training/test_smoke.py) and 320 held-out
+   pairs from the test split (molecules never seen in training).
+2. Conformers: RDKit ETKDGv3 + MMFF (seeded), built for the held-out molecules and cached in
+   ``DIR/conformers.sqlite``; the training molecules' conformers (the same recipe, the smoke test's) are bundled,
+   as building them would take 3-4 minutes of the demo's.
+3. Stage 1 (Q-Former: contrastive + matching + captioning losses) of the ``tiny`` model with the ``tiny`` stage-1
+   preset unchanged (``molm_fast.training.config``: tokenizer, epochs, batch size, lr; the smoke test's recipe),
+   then spec §4.1 retrieval (full set and in-batch) on the held-out pairs against chance.
 4. Stage 2 (LLM with LoRA: captioning, plus computed-property QA in 3D-MoIT's templates), saved to ``DIR/model``:
    a model directory every other command accepts (``--model DIR/model``).
 5. Captions for held-out molecules and answers to property questions, with the spec §4 metrics.
@@ -23,16 +27,19 @@ from typing import Any
 
 import torch
 
-ASSET = "chebi20_demo.tsv"
+ASSETS = {"train": "chebi20_demo_train.tsv", "heldout": "chebi20_demo_heldout.tsv",
+          "train_conformers": "chebi20_demo_train_conformers.npz"}
 
 
 def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def asset_rows() -> list[list[str]]:
-    """Header + rows of the bundled TSV."""
-    text = resources.files("molm_fast").joinpath("assets", ASSET).read_text(encoding="utf-8")
+def asset_rows(split: str = "train") -> list[list[str]]:
+    """Header + rows of the bundled TSV of ``split`` ("train" or "heldout")."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"asset_rows: split must be 'train' or 'heldout', got {split!r}")
+    text = resources.files("molm_fast").joinpath("assets", ASSETS[split]).read_text(encoding="utf-8")
     return list(csv.reader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE))
 
 
@@ -52,8 +59,21 @@ def _property_data(pairs, seed: int = 0):
     return instruction_pairs(items, pairs)
 
 
-def run_demo(output: str | Path = "molm-fast-demo", *, quick: bool = False) -> int:
-    """Train and use the tiny model; everything goes under ``output``. ``quick``: fewer molecules and steps."""
+def run_demo(output: str | Path = "molm-fast-demo", *, quick: bool = False, seed: int = 0, threads: int = 1) -> int:
+    """Train and use the tiny model; everything goes under ``output``. ``quick``: fewer molecules and steps;
+    ``seed``: the training seed (model init, batch order); ``threads``: torch threads (1 by default: the tiny model's
+    ops are small, and 2 threads on 2 busy cores ran stage 1 at 0.2-0.5 steps/s against 4 steps/s with one)."""
+    if threads < 1:
+        raise ValueError(f"run_demo: threads must be >= 1, got {threads}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _run_demo(Path(output), quick=quick, seed=seed)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_demo(out: Path, *, quick: bool, seed: int) -> int:
     from molm_fast.inference import api, metrics
     from molm_fast.training.config import training_config
     from molm_fast.training.data import load_pairs
@@ -61,39 +81,40 @@ def run_demo(output: str | Path = "molm-fast-demo", *, quick: bool = False) -> i
     from molm_fast.training.stage2 import train_stage2
 
     t_all = time.perf_counter()
-    out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    header, *rows = asset_rows()
-    n_train, n_eval = (96, 32) if quick else (400, 100)
-    train_tsv = _write_tsv(out / "train.tsv", header, rows[:n_train])
-    eval_tsv = _write_tsv(out / "heldout.tsv", header, rows[n_train:n_train + n_eval])
-    _say(f"[data] {n_train} training and {n_eval} held-out ChEBI-20 pairs (bundled; see molm_fast/assets/README.md)")
+    torch.manual_seed(seed)
+    header, *rows = asset_rows("train")
+    _, *held_rows = asset_rows("heldout")
+    if quick:
+        rows, held_rows = rows[:96], held_rows[:32]
+    train_tsv = _write_tsv(out / "train.tsv", header, rows)
+    eval_tsv = _write_tsv(out / "heldout.tsv", header, held_rows)
+    _say(f"[data] {len(rows)} training pairs (ChEBI-20 validation split) and {len(held_rows)} held-out pairs "
+         f"(test split; bundled, see molm_fast/assets/README.md)")
 
+    with resources.as_file(resources.files("molm_fast").joinpath("assets", ASSETS["train_conformers"])) as npz:
+        train = load_pairs(train_tsv, molecules=npz)
     t = time.perf_counter()
     cache = out / "conformers.sqlite"
-    train = load_pairs(train_tsv, conformer_cache=cache, workers=2)
     heldout = load_pairs(eval_tsv, conformer_cache=cache, workers=2)
     dt = time.perf_counter() - t
-    n_mol = len(train) + len(heldout)
-    _say(f"[conformers] {n_mol} molecules in {dt:.1f} s ({n_mol / dt:.1f} mol/s; ETKDGv3 + MMFF, cached in {cache}); "
+    _say(f"[conformers] {len(train)} training molecules bundled (same recipe); {len(heldout)} held-out molecules in "
+         f"{dt:.1f} s ({len(heldout) / dt:.1f} mol/s; ETKDGv3 + MMFF, cached in {cache}); "
          f"{len(train.dropped) + len(heldout.dropped)} without a conformer")
 
-    epochs1 = 2 if quick else 20
-    cfg1 = training_config("tiny", 1, out_dir=str(out / "stage1"), max_epochs=epochs1, progress=not quick,
-                           cache_encoder=True, ckpt_every=10_000)
+    cfg1 = training_config("tiny", 1, out_dir=str(out / "stage1"), progress=not quick, ckpt_every=10_000, seed=seed,
+                           **({"max_epochs": 2} if quick else {}))
     t = time.perf_counter()
     train_stage1(cfg1, train_data=train)
     dt = time.perf_counter() - t
-    _say(f"[stage 1] {epochs1} epochs, {epochs1 * len(train)} pairs in {dt:.1f} s "
-         f"({epochs1 * len(train) / dt:.1f} pairs/s)")
+    n1 = cfg1.max_epochs * len(train)
+    _say(f"[stage 1] {cfg1.max_epochs} epochs, {n1} pairs in {dt:.1f} s ({n1 / dt:.1f} pairs/s)")
     from molm_fast import MoLM
     from molm_fast.training.text import load_tokenizer
 
     stage1_dir = out / "stage1" / "model"
     t = time.perf_counter()
-    ret = api.retrieval_metrics(MoLM.from_pretrained(stage1_dir).eval(), [r[1].replace("\\\\", "\\") for r in
-                                rows[n_train:n_train + n_eval]], [r[2] for r in rows[n_train:n_train + n_eval]],
+    ret = api.retrieval_metrics(MoLM.from_pretrained(stage1_dir).eval(), heldout.smiles, heldout.texts,
                                 load_tokenizer(stage1_dir / "qformer_tokenizer"), cache=cache)
     _say(f"[retrieval] {ret['pairs']} held-out pairs in {time.perf_counter() - t:.1f} s (spec §4.1): full set "
          f"molecule->text Acc {100 * ret['fullset']['m2t_acc']:.1f}% R@20 {100 * ret['fullset']['m2t_rec20']:.1f}%, "
@@ -102,9 +123,9 @@ def run_demo(output: str | Path = "molm-fast-demo", *, quick: bool = False) -> i
          f"; in-batch Acc {100 * ret['inbatch']['m2t_acc']:.1f}% / {100 * ret['inbatch']['t2m_acc']:.1f}% (chance "
          f"{100 * ret['inbatch_chance_acc']:.1f}%)")
 
-    props = _property_data(train)
+    props = _property_data(train, seed=seed)
     cfg2 = training_config("tiny", 3, out_dir=str(out / "stage2"), init_from=str(out / "stage1" / "model"),
-                           max_steps=(8 if quick else 240), progress=not quick, ckpt_every=10_000,
+                           max_steps=(8 if quick else 240), progress=not quick, ckpt_every=10_000, seed=seed,
                            text_max_length=640)  # the tiny char-level tokenizer: prompt + target fit whole
     t = time.perf_counter()
     r2 = train_stage2(cfg2, train_data=[train, props], eval_data=heldout)
@@ -118,7 +139,7 @@ def run_demo(output: str | Path = "molm-fast-demo", *, quick: bool = False) -> i
     shutil.copytree(out / "stage2" / "model", model_dir)
     model = MoLM.from_pretrained(model_dir).eval()
     n_show = 8 if quick else 24
-    held = [[c, s, d] for c, s, d in rows[n_train:n_train + n_show]]
+    held = held_rows[:n_show]
     t = time.perf_counter()
     caps = api.caption(model, [r[1].replace("\\\\", "\\") for r in held], greedy=True, cache=cache)
     dt = time.perf_counter() - t
@@ -131,7 +152,7 @@ def run_demo(output: str | Path = "molm-fast-demo", *, quick: bool = False) -> i
 
     from molm_fast.data.moit import RDKIT_COMPUTABLE
 
-    qa_items = _property_data(heldout)
+    qa_items = _property_data(heldout, seed=seed)
     take = [i for i, task in enumerate(qa_items.tasks) if task in RDKIT_COMPUTABLE][: (12 if quick else 48)]
     t = time.perf_counter()
     answers = api.answer(model, [qa_items.smiles[i] for i in take], [qa_items.instructions[i] for i in take],
@@ -145,7 +166,7 @@ def run_demo(output: str | Path = "molm-fast-demo", *, quick: bool = False) -> i
     if good:
         a, i = good[0]
         _say(f"  Q: {qa_items.instructions[i]}\n  A: {a.answer!r}  (reference: {qa_items.texts[i]!r})")
-    report = {"retrieval": ret, "caption": scores, "qa": qa, "model": str(model_dir),
+    report = {"seed": seed, "retrieval": ret, "caption": scores, "qa": qa, "model": str(model_dir),
               "seconds": time.perf_counter() - t_all}
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
     _say(f"[done] {report['seconds']:.0f} s. Models: {model_dir} (captions, QA), {stage1_dir} (embed, retrieve). "
@@ -164,7 +185,7 @@ def run_bench(model, input_path: str | None, *, n: int = 32, batch_size: int = 1
     if model is None:
         torch.manual_seed(0)
         model = MoLM("tiny").eval()
-    smiles = [r[1].replace("\\\\", "\\") for r in asset_rows()[1:]] if input_path is None else None
+    smiles = [r[1].replace("\\\\", "\\") for r in asset_rows("heldout")[1:]] if input_path is None else None
     if smiles is None:
         from molm_fast.inference.api import read_input
 

@@ -31,6 +31,26 @@ def test_demo_quick_trains_saves_and_uses_a_model(tmp_path, capsys):
     assert [json.loads(line)["status"] for line in res.read_text().splitlines()] == ["ok", "ok"]
 
 
+def test_bundled_pairs_hold_out_unseen_molecules():
+    from importlib import resources
+
+    from rdkit import Chem
+
+    from molm_fast.data.store import MoleculeStore
+    from molm_fast.inference.demo import ASSETS, asset_rows
+
+    (_, *train), (_, *held) = asset_rows("train"), asset_rows("heldout")
+    assert len(train) == 2010 and len(held) == 320
+    def canonical(rows):
+        return {Chem.MolToSmiles(Chem.MolFromSmiles(r[1].replace("\\\\", "\\"))) for r in rows}
+
+    assert not {r[0] for r in train} & {r[0] for r in held}
+    assert not canonical(train) & canonical(held)
+    with resources.as_file(resources.files("molm_fast").joinpath("assets", ASSETS["train_conformers"])) as npz:
+        store = MoleculeStore.load(npz)
+    assert [i.split(":")[-1] for i in store.ids] == [r[0] for r in train]
+
+
 def test_bench_reports_every_stage(tmp_path):
     out = tmp_path / "bench.json"
     assert cli.main(["bench", "--n", "4", "--batch-size", "4", "--output", str(out)]) == 0
