@@ -29,10 +29,14 @@ def test_wheel_installs_and_imports_outside_the_source_tree(tmp_path):
     (venv_site,) = (venv / "lib").glob("python*/site-packages")
     (venv_site / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True, env=env)
-    code = ("import json, molm_fast, molm_fast.kernels.pairwise_distance as k; "
-            "print(json.dumps({'info': molm_fast.build_info(), 'file': molm_fast.__file__, 'kernels': k.__file__}))")
+    code = ("import json, importlib.resources as r, molm_fast, molm_fast.kernels.pairwise_distance as k; "
+            "assets = sorted(p.name for p in r.files('molm_fast').joinpath('assets').iterdir()); "
+            "print(json.dumps({'info': molm_fast.build_info(), 'file': molm_fast.__file__, 'kernels': k.__file__, "
+            "'assets': assets}))")
     out = subprocess.run([str(py), "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path, env=env)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["info"]["cpp"] is True
     assert str(venv) in result["file"] and str(venv) in result["kernels"], result
     assert result["info"]["backends"]["cpu"]["pairwise_distance"] == "cpp"
+    shipped = {p.name for p in (ROOT / "molm_fast" / "assets").iterdir()}  # the demo's data travels in the wheel
+    assert shipped <= set(result["assets"]), sorted(shipped - set(result["assets"]))
