@@ -25,6 +25,7 @@ import os
 from collections.abc import Iterable, Iterator
 
 import torch
+import torch.nn.functional as F
 
 BACKENDS = ("cuda", "triton", "cpp", "reference")
 
@@ -170,3 +171,10 @@ def cuda_stream(device: torch.device) -> int:
 
 def dtype_code(t: torch.Tensor) -> int:
     return DTYPE_CODES[t.dtype]
+
+
+def pair_offsets(cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """[B + 1] int64 offsets of a packed batch's per-molecule pair blocks (exclusive cumsum of n_b^2), on
+    cu_seqlens' device, without a host sync: the packed pair tensor puts molecule b's [H, n_b, n_b] at H * it[b]."""
+    n = cu_seqlens.diff().long()  # [B]
+    return F.pad(torch.cumsum(n * n, 0), (1, 0))

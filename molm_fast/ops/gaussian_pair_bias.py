@@ -65,8 +65,7 @@ def gaussian_pair_bias_reference(coords, tokens, mul_weight, bias_weight, means,
 # ---- glue per backend ------------------------------------------------------------------------------------
 def _packed_sizes(cu_seqlens: torch.Tensor) -> tuple[int, torch.Tensor]:
     """Total pairs and cu_pairs [B + 1] int64 (exclusive cumsum of n_b^2) of a packed batch."""
-    n = (cu_seqlens[1:] - cu_seqlens[:-1]).long()  # [B]
-    cu_pairs = F.pad(torch.cumsum(n * n, 0), (1, 0))  # [B + 1] int64
+    cu_pairs = _backend.pair_offsets(cu_seqlens)  # [B + 1] int64
     return int(cu_pairs[-1]), cu_pairs
 
 

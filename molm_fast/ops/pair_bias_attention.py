@@ -235,16 +235,9 @@ def _backward_triton(grad_out, grad_logits, q, k, v, bias, out, lse, scale, drop
     return grads
 
 
-def _cu_pairs(cu_seqlens: torch.Tensor) -> torch.Tensor:
-    """[B + 1] int64 offsets of the pair blocks (exclusive cumsum of n_b^2), made on the device: no host sync."""
-    cu_pairs = torch.zeros(cu_seqlens.numel(), dtype=torch.int64, device=cu_seqlens.device)
-    cu_pairs[1:] = (cu_seqlens.diff().long() ** 2).cumsum(0)
-    return cu_pairs
-
-
 def _forward_cuda(q, k, v, bias, scale, dropout_p, seed, cu_seqlens, max_seqlen):
     inputs, outputs, strides = _forward_native(q, k, v, bias, cu_seqlens is not None)
-    cu_pairs = None if cu_seqlens is None else _cu_pairs(cu_seqlens)  # held until the launch is queued
+    cu_pairs = None if cu_seqlens is None else _backend.pair_offsets(cu_seqlens)  # held until the launch is queued
     _backend.load_module("cuda").pair_bias_attention_forward_cuda(
         *_ptrs(*inputs, *outputs, cu_seqlens, cu_pairs), *_native_sizes(q, cu_seqlens, max_seqlen), strides, scale,
         dropout_p, seed, _backend.dtype_code(q), _backend.cuda_stream(q.device))
@@ -257,7 +250,7 @@ def _backward_cuda(grad_out, grad_logits, q, k, v, bias, out, lse, scale, dropou
     (dk, dv, summed over rows in a fixed order); both recompute p from q, k, bias and the LSE and regenerate the
     Philox mask, as the C++ and Triton backwards do."""
     inputs, grads, strides = _backward_native(grad_out, grad_logits, q, k, v, bias, out, cu_seqlens is not None)
-    cu_pairs = None if cu_seqlens is None else _cu_pairs(cu_seqlens)  # held until the launches are queued
+    cu_pairs = None if cu_seqlens is None else _backend.pair_offsets(cu_seqlens)  # held until the launches are queued
     _backend.load_module("cuda").pair_bias_attention_backward_cuda(
         *_ptrs(*inputs, lse, *grads, cu_seqlens, cu_pairs), *_native_sizes(q, cu_seqlens, max_seqlen), strides,
         scale, dropout_p, seed, _backend.dtype_code(q), _backend.cuda_stream(q.device))
