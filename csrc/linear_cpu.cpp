@@ -47,6 +47,12 @@ namespace {
 
 constexpr const char* kOp = "linear_forward_cpu";
 
+// Both entries' shape rule: whole 32 x 32 tiles of the weight (the packed layout and the micro-kernel need them).
+void check_sizes(const char* op, int64_t N, int64_t K) {
+  MOLM_CHECK(N > 0 && N % 32 == 0 && K > 0 && K % 32 == 0, op, "N and K must be positive multiples of 32, got N = ",
+             N, ", K = ", K);
+}
+
 #if MOLM_FAST_HAS_AMX_PATH
 // CPUID.(EAX=7, ECX=0):EDX bit 22 = AMX-BF16, bit 24 = AMX-TILE; then ask Linux for the tile-data state
 // (ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18), once per process.
@@ -204,8 +210,7 @@ void linear_pack_weight_cpu(uintptr_t weight, uintptr_t packed, int64_t N, int64
   constexpr const char* op = "linear_pack_weight_cpu";
   MOLM_CHECK_PTR(weight, op, "weight");
   MOLM_CHECK_PTR(packed, op, "packed");
-  MOLM_CHECK(N > 0 && N % 32 == 0 && K > 0 && K % 32 == 0, op, "N and K must be positive multiples of 32, got N = ",
-             N, ", K = ", K);
+  check_sizes(op, N, K);
   const auto* w = reinterpret_cast<const uint16_t*>(weight);
   auto* p = reinterpret_cast<uint16_t*>(packed);
 #pragma omp parallel for schedule(static)
@@ -220,8 +225,7 @@ void linear_forward_cpu(uintptr_t x, uintptr_t packed_weight, uintptr_t bias, ui
   MOLM_CHECK(linear_amx_usable(), kOp, "needs AMX-TILE + AMX-BF16 and the OS's permission to use them "
              "(linear_amx_usable() is false here); call F.linear instead");
   MOLM_CHECK_NONNEG(M, kOp, "M");
-  MOLM_CHECK(N > 0 && N % 32 == 0 && K > 0 && K % 32 == 0, kOp, "N and K must be positive multiples of 32, got N = ",
-             N, ", K = ", K);
+  check_sizes(kOp, N, K);
   MOLM_CHECK(activation == 0 || activation == 1, kOp, "activation must be 0 (none) or 1 (gelu), got ", activation);
   if (M == 0) return;
   MOLM_CHECK_PTR(x, kOp, "x");

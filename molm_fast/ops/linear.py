@@ -58,8 +58,9 @@ def _packed_weight(weight: torch.Tensor, layout: str) -> torch.Tensor:
         return hit[2]
     w = weight.detach()
     if layout == "amx":
-        packed = torch.empty_like(w, memory_format=torch.contiguous_format)
-        _backend.load_module("cpp").linear_pack_weight_cpu(w.contiguous().data_ptr(), packed.data_ptr(), *w.shape)
+        w = w.contiguous()  # held by name: a temporary's pointer would dangle during the call
+        packed = torch.empty_like(w)
+        _backend.load_module("cpp").linear_pack_weight_cpu(w.data_ptr(), packed.data_ptr(), *w.shape)
     else:
         packed = torch.ops.mkldnn._reorder_linear_weight(w)
     cache[layout] = (weight.data_ptr(), version, packed)
